@@ -1,0 +1,41 @@
+"""The workflow as a whole: lint, formatting, and the DAG of the default config."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import BIN, ROOT, snakemake
+
+
+def test_snakemake_lint_is_clean():
+    proc = snakemake("--lint")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Congratulations, your workflow is in a good condition!" in out, out
+
+
+def test_rules_are_snakefmt_formatted():
+    files = ["Snakefile", *map(str, sorted((ROOT / "workflow" / "rules").glob("*.smk")))]
+    proc = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", *files], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_rule_has_log_threads_resources_conda():
+    text = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    rules = re.split(r"^rule (\w+):", text, flags=re.M)[1:]
+    assert rules, "no rules found"
+    for name, body in zip(rules[::2], rules[1::2], strict=True):
+        for directive in ("log:", "threads:", "resources:", "conda:"):
+            if name == "all":
+                continue
+            assert f"    {directive}" in body, f"rule {name} lacks {directive}"
+
+
+def test_default_dag_dry_run():
+    proc = snakemake("-n", "--forceall", "--profile", "workflow/profiles/default", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # the default DAG builds the basis set from the config
+    assert re.search(r"^basis\s+1$", proc.stdout, flags=re.M), proc.stdout

@@ -1,0 +1,3 @@
+from mrsflow.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+# Stage 2: metabolite basis spectra simulated from spin physics for the study's sequence.
+
+
+rule basis:
+    output:
+        json=expand(
+            "results/basis/{{name}}/{entry}.json",
+            entry=basis_entries(),
+        ),
+        png=report(
+            "results/basis/{name}.png",
+            caption="../report/basis.rst",
+            category="1. Methods",
+            subcategory="Basis set",
+        ),
+    log:
+        "results/logs/basis/{name}.log",
+    conda:
+        "../../envs/basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        sequence=as_json(config["sequence"]),
+        basis=as_json(config["basis"]),
+    shell:
+        "python -m mrsflow basis --sequence {params.sequence:q} --basis {params.basis:q}"
+        " --outdir results/basis/{wildcards.name} --png {output.png} > {log} 2>&1"
