@@ -1,0 +1,67 @@
+"""Water-scaled, tissue- and relaxation-corrected quantification (Gasparovic 2006)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mrsflow import quantify as q
+
+TEXTBOOK = {"gm": 0.6, "wm": 0.4, "csf": 0.0}
+
+
+def test_textbook_water_concentration_and_metabolite_factor():
+    """DESIGN.md: GM/WM 60/40 %, alpha 0.78/0.65, water T2 110/80 ms, metabolite T2 160 ms,
+    TE 30 ms, TR >> T1 -> 29 697 mM and 1.206."""
+    p = q.QuantParams(metab_t2_ms=160.0)
+    w = q.visible_water_mM(TEXTBOOK, te_ms=30.0, tr_ms=math.inf, p=p)
+    assert w == pytest.approx(29_697, abs=1.0)
+    r_m = q.relaxation_factor(30.0, math.inf, p.metab_t1_ms, p.metab_t2_ms)
+    assert 1.0 / r_m == pytest.approx(1.206, abs=5e-4)
+
+
+def test_concentrations_invert_signal_amplitudes():
+    p = q.QuantParams()
+    frac = {"gm": 0.55, "wm": 0.35, "csf": 0.10}
+    conc = {"Glu": 10.5, "NAA": 11.0}
+    amps = q.signal_amplitudes(conc, frac, 30.0, 2000.0, p, water_amplitude=5.0e4)
+    back = q.concentrations(amps, 5.0e4, frac, 30.0, 2000.0, p)
+    for name, c in conc.items():
+        assert back[name][0] == pytest.approx(c, rel=1e-12)
+
+
+def test_molal_by_hand():
+    """Pure GM voxel, TR = inf: c = (A_M/A_W) * 2 * 55510 * alpha R_W / (R_M alpha)."""
+    p = q.QuantParams()
+    frac = {"gm": 1.0, "wm": 0.0, "csf": 0.0}
+    c = q.concentrations({"Cr": 3.0}, 1000.0, frac, 30.0, math.inf, p)["Cr"][0]
+    expected = 3.0 / 1000.0 * 2 * 55_510 * math.exp(-30 / 110) / math.exp(-30 / 160)
+    assert c == pytest.approx(expected, rel=1e-12)
+
+
+def test_csf_dilutes_molar_but_not_molal():
+    """Adding CSF to a voxel at fixed tissue concentration: the water signal grows, the
+    metabolite signal shrinks, and the correction returns the same molal value."""
+    p = q.QuantParams()
+    tissue = {"gm": 0.6, "wm": 0.4, "csf": 0.0}
+    with_csf = {"gm": 0.48, "wm": 0.32, "csf": 0.2}
+    for frac in (tissue, with_csf):
+        amps = q.signal_amplitudes({"NAA": 12.0}, frac, 30.0, 2000.0, p, 1.0e4)
+        molal, molar = q.concentrations(amps, 1.0e4, frac, 30.0, 2000.0, p)["NAA"]
+        assert molal == pytest.approx(12.0)
+        # molar per litre of tissue = molal * tissue water density of GM/WM
+        assert molar == pytest.approx(12.0 * (0.6 * 0.78 + 0.4 * 0.65), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "frac",
+    [
+        {"gm": 0.5, "wm": 0.6, "csf": 0.0},
+        {"gm": -0.1, "wm": 0.6, "csf": 0.5},
+        {"gm": 0, "wm": 0, "csf": 1},
+    ],
+)
+def test_bad_fractions_are_refused(frac):
+    with pytest.raises(ValueError, match="fraction|CSF"):
+        q.visible_water_mM(frac, 30.0, 2000.0, q.QuantParams())
