@@ -35,7 +35,9 @@ def test_every_rule_has_log_threads_resources_conda():
 
 
 def test_default_dag_dry_run():
-    proc = snakemake("-n", "--forceall", "--profile", "workflow/profiles/default", "--quiet", "rules")
+    proc = snakemake(
+        "-n", "--forceall", "--profile", "workflow/profiles/default", "--quiet", "rules"
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the default DAG builds the basis set from the config
     assert re.search(r"^basis\s+1$", proc.stdout, flags=re.M), proc.stdout
