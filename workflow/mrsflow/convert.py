@@ -392,14 +392,11 @@ def voxel_centre_ras(nifti_mrs_path: Path | str) -> np.ndarray:
 
 
 def read_fids(nifti_mrs_path: Path | str) -> np.ndarray:
-    """FIDs of a NIfTI-MRS file in the project convention (high ppm at +Hz).
+    """FIDs of a NIfTI-MRS file in the project convention (high ppm at +Hz), full NIfTI-MRS
+    shape ``(x, y, z, n_points, dim5, ...)``; see :mod:`mrsflow.nmrs`."""
+    from mrsflow import nmrs
 
-    ``conj`` of the stored values, i.e. the same as ``NIFTI_MRS(path)[:]``;
-    full NIfTI-MRS shape ``(x, y, z, n_points, dim5, ...)``.
-    """
-    import nibabel as nib
-
-    return np.conj(np.asanyarray(nib.load(str(nifti_mrs_path)).dataobj))
+    return nmrs.read(nifti_mrs_path)[0]
 
 
 def ppm_axis(nifti_mrs_path: Path | str, reference_ppm: float = PPM_REFERENCE) -> np.ndarray:
