@@ -37,12 +37,12 @@ FSL_CHANNEL = "https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/public/"
 # rule family -> top-level PyPI packages its rules import (closed over dependencies below)
 FAMILIES: dict[str, list[str]] = {
     "basis": ["numpy", "scipy", "pyyaml", "matplotlib"],
-    "twin": ["numpy", "scipy", "pandas", "pyyaml", "nibabel", "nilearn", "pydicom"],
+    "twin": ["numpy", "scipy", "pandas", "pyyaml", "jsonschema", "nibabel", "nilearn", "pydicom", "nifti-mrs"],
     "convert": ["spec2nii", "dcm2niix", "nifti-mrs", "nibabel", "numpy"],
-    "preprocess": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib"],
+    "preprocess": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib", "threadpoolctl"],
     "segment": ["numpy", "scipy", "nibabel", "matplotlib"],
-    "fit": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib", "pyyaml"],
-    "quantify": ["numpy", "pandas", "pyyaml"],
+    "fit": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib", "pyyaml", "threadpoolctl"],
+    "quantify": ["numpy", "pandas", "pyyaml", "jsonschema"],
     "stats": ["numpy", "scipy", "pandas", "statsmodels", "pyyaml"],
     "figures": ["numpy", "pandas", "matplotlib", "nibabel", "nilearn"],
     "report": ["pandas", "pyyaml", "nibabel"],
