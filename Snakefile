@@ -13,10 +13,20 @@ validate(config, "config/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/twin.smk"
 include: "workflow/rules/basis.smk"
+include: "workflow/rules/convert.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/quantify.smk"
+include: "workflow/rules/stats.smk"
 
 
 rule all:
     default_target: True
     input:
         basis_outputs(),
+        twin_outputs(),
+        "results/tables/metabolites.tsv",
+        "results/stats/summary.md",

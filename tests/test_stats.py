@@ -21,7 +21,7 @@ from scipy import stats as sps
 from mrsflow import stats
 
 Z975 = 1.959963984540054
-CONFIG = Path(stats.__file__).parent / "data" / "stats_models.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,124 @@ def _basis(a: argparse.Namespace) -> None:
     basis.run_basis({**a.sequence, **a.basis}, Path(a.outdir), Path(a.png))
 
 
+def _twin_sheets(a: argparse.Namespace) -> None:
+    from mrsflow.twin import generate
+
+    generate.write_sheets(a.twin, Path(a.raw_dir))
+
+
+def _twin_participant(a: argparse.Namespace) -> None:
+    from mrsflow.twin import generate
+
+    generate.write_participant(
+        a.config, a.participant, Path(a.raw_dir), Path(a.truth_dir), Path(a.basis_dir)
+    )
+
+
+def _twin_truth(a: argparse.Namespace) -> None:
+    from mrsflow.twin import generate
+
+    generate.merge_truth([Path(p) for p in a.parts], Path(a.out_dir))
+
+
+def _convert_mrs(a: argparse.Namespace) -> None:
+    from mrsflow import convert
+
+    convert.convert_spectrum(Path(a.src), Path(a.out), acq=a.acq)
+
+
+def _convert_t1(a: argparse.Namespace) -> None:
+    from mrsflow import convert
+
+    convert.convert_t1(Path(a.src), Path(a.out))
+
+
+def _preprocess(a: argparse.Namespace) -> None:
+    from mrsflow import preprocess
+
+    preprocess.run_preprocess(
+        Path(a.mrs), Path(a.metab), Path(a.water_out), Path(a.qc), Path(a.transients),
+        Path(a.png), mode=a.mode, water_nii=Path(a.water) if a.water else None, params=a.params,
+    )
+
+
+def _segment(a: argparse.Namespace) -> None:
+    from mrsflow import segment
+
+    segment.run_segment(Path(a.t1), Path(a.out_dir), backend=a.backend)
+
+
+def _tissue_fractions(a: argparse.Namespace) -> None:
+    from mrsflow import segment
+
+    seg = {"GM": Path(a.gm), "WM": Path(a.wm), "CSF": Path(a.csf), "mask": Path(a.mask)}
+    segment.run_voxel_fractions(Path(a.t1), seg, Path(a.mrs), Path(a.json), Path(a.png))
+
+
+def _fit(a: argparse.Namespace) -> None:
+    from mrsflow import fit
+
+    fit.run_fit(
+        Path(a.metab), Path(a.water), Path(a.basis_dir), Path(a.json), Path(a.tsv),
+        Path(a.png), backend=a.backend, params=a.params, tissue_json=Path(a.tissue),
+    )
+
+
+def _quantify(a: argparse.Namespace) -> None:
+    from mrsflow import collect
+
+    tables = collect.build_tables(Path(a.raw_dir), a.config, a.patterns)
+    collect.write_tables(
+        tables,
+        {"metabolites": a.metabolites, "exclusions": a.exclusions, "craving": a.craving},
+    )
+
+
+def _stats(a: argparse.Namespace) -> None:
+    from mrsflow import stats
+
+    met, crav, part = stats.read_tables(a.metabolites, a.craving, a.participants)
+    stats.run_stats(a.stats, met, crav, part, Path(a.out_dir), Path(a.summary))
+
+
+def _verify_recovery(a: argparse.Namespace) -> None:
+    from mrsflow import verify
+
+    targets = verify.load_verification_config(a.verification)["twin"]
+    outputs = {"concentrations": a.concentrations, "summary": a.summary, "tissue": a.tissue,
+               "quality": a.quality, "effects": a.effects, "png": a.png}
+    verify.run_recovery(a.metabolites, a.craving, a.participants, a.truth_dir, a.stats,
+                        targets, outputs)
+
+
+def _verify(a: argparse.Namespace) -> None:
+    from mrsflow import verify
+
+    verify.run_verification(a.source, a.verification, a.all_models, a.metabolites, a.out,
+                            twin_config=a.twin, recovery_dir=a.recovery_dir)
+
+
+def _report_mrsinmrs(a: argparse.Namespace) -> None:
+    from mrsflow import report
+
+    versions = report.software_versions(a.snakemake_version)
+    report.run_mrsinmrs(a.raw_dir, a.patterns, a.config, a.metabolites, a.exclusions, a.basis,
+                        a.verification, a.out, versions=versions)
+
+
+def _report_provenance(a: argparse.Namespace) -> None:
+    from mrsflow import report
+
+    report.run_provenance(a.config, a.raw_dir, a.paths, a.workflow_dir, a.tsv, a.yaml,
+                          snakemake_version=a.snakemake_version)
+
+
+def _report_qc_scans(a: argparse.Namespace) -> None:
+    from mrsflow import report
+
+    report.run_qc_scans(a.raw_dir, a.patterns, a.metabolites, a.out, rules=a.rules)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mrsflow", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -36,6 +154,117 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", required=True)
     p.add_argument("--png", required=True)
     p.set_defaults(func=_basis)
+
+    p = sub.add_parser("twin-sheets", help="write the twin's sheets (participants, sessions...)")
+    p.add_argument("--twin", type=_json, required=True, help="config 'twin' as JSON")
+    p.add_argument("--raw-dir", required=True)
+    p.set_defaults(func=_twin_sheets)
+
+    p = sub.add_parser("twin-participant", help="write one twin participant's raw exports")
+    p.add_argument("--config", type=_json, required=True, help="twin, sequence, quantify")
+    p.add_argument("--participant", required=True)
+    p.add_argument("--raw-dir", required=True)
+    p.add_argument("--truth-dir", required=True)
+    p.add_argument("--basis-dir", required=True)
+    p.set_defaults(func=_twin_participant)
+
+    p = sub.add_parser("twin-truth", help="merge the per-participant truth parts")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("parts", nargs="+")
+    p.set_defaults(func=_twin_truth)
+
+    p = sub.add_parser("convert-mrs", help="spec2nii: a raw spectroscopy file -> NIfTI-MRS")
+    p.add_argument("--src", required=True)
+    p.add_argument("--acq", required=True, choices=["mc", "ws"])
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_convert_mrs)
+
+    p = sub.add_parser("convert-t1", help="dcm2niix: a T1 DICOM series -> NIfTI")
+    p.add_argument("--src", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_convert_t1)
+
+    p = sub.add_parser("preprocess", help="NIfTI-MRS -> processed metabolite + water spectra, QC")
+    p.add_argument("--mrs", required=True)
+    p.add_argument("--water", help="separate water reference (classic mode)")
+    p.add_argument("--mode", required=True, choices=["mc", "classic"])
+    p.add_argument("--params", type=_json, default={}, help="config 'preprocess' as JSON")
+    for name in ("--metab", "--water-out", "--qc", "--transients", "--png"):
+        p.add_argument(name, required=True)
+    p.set_defaults(func=_preprocess)
+
+    p = sub.add_parser("segment", help="T1 -> GM/WM/CSF partial-volume maps")
+    p.add_argument("--t1", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_fast"])
+    p.set_defaults(func=_segment)
+
+    p = sub.add_parser("tissue-fractions", help="tissue fractions of an MRS voxel")
+    for name in ("--t1", "--gm", "--wm", "--csf", "--mask", "--mrs", "--json", "--png"):
+        p.add_argument(name, required=True)
+    p.set_defaults(func=_tissue_fractions)
+
+    p = sub.add_parser("fit", help="linear-combination fit of one processed spectrum")
+    for name in ("--metab", "--water", "--tissue", "--basis-dir", "--json", "--tsv", "--png"):
+        p.add_argument(name, required=True)
+    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs"])
+    p.add_argument("--params", type=_json, default={}, help="config 'fitting' as JSON")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("quantify", help="concentrations and the study's tidy tables")
+    p.add_argument("--raw-dir", required=True)
+    p.add_argument("--config", type=_json, required=True, help="sequence, quantify, qc")
+    p.add_argument("--patterns", type=_json, required=True, help="fit/tissue/qc path templates")
+    for name in ("--metabolites", "--exclusions", "--craving"):
+        p.add_argument(name, required=True)
+    p.set_defaults(func=_quantify)
+
+    p = sub.add_parser("stats", help="the study's statistical models and summary.md")
+    p.add_argument("--stats", type=_json, required=True, help="config 'stats' as JSON")
+    for name in ("--metabolites", "--craving", "--participants", "--out-dir", "--summary"):
+        p.add_argument(name, required=True)
+    p.set_defaults(func=_stats)
+
+    p = sub.add_parser("verify-recovery", help="twin: estimated vs planted values and effects")
+    for name in ("--metabolites", "--craving", "--participants", "--truth-dir", "--verification",
+                 "--concentrations", "--summary", "--tissue", "--quality", "--effects", "--png"):
+        p.add_argument(name, required=True)
+    p.add_argument("--stats", type=_json, required=True, help="config 'stats' as JSON")
+    p.set_defaults(func=_verify_recovery)
+
+    p = sub.add_parser("verify", help="results/verification.tsv: key numbers vs expected")
+    p.add_argument("--source", required=True, choices=["twin", "sheets"])
+    for name in ("--verification", "--all-models", "--metabolites", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--twin", type=_json, help="config 'twin' as JSON (source twin)")
+    p.add_argument("--recovery-dir", help="results/twin/recovery (source twin)")
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("report-mrsinmrs", help="the MRSinMRS reporting table")
+    for name in ("--raw-dir", "--metabolites", "--exclusions", "--basis", "--verification",
+                 "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--patterns", type=_json, required=True, help="nifti/qc/fit path templates")
+    p.add_argument("--config", type=_json, required=True, help="config blocks as JSON")
+    p.add_argument("--snakemake-version")
+    p.set_defaults(func=_report_mrsinmrs)
+
+    p = sub.add_parser("report-provenance", help="versions, config and raw-file checksums")
+    p.add_argument("--config", type=_json, required=True, help="the full config as JSON")
+    for name in ("--raw-dir", "--tsv", "--yaml"):
+        p.add_argument(name, required=True)
+    p.add_argument("--workflow-dir", help="git checkout to read the commit of (default: the"
+                   " one holding this package)")
+    p.add_argument("--snakemake-version")
+    p.add_argument("paths", nargs="*", help="raw files and folders to checksum")
+    p.set_defaults(func=_report_provenance)
+
+    p = sub.add_parser("report-qc-scans", help="one row of QC numbers per scan")
+    for name in ("--raw-dir", "--metabolites", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--patterns", type=_json, required=True, help="qc/fit/tissue path templates")
+    p.add_argument("--rules", type=_json, help="config 'qc' as JSON")
+    p.set_defaults(func=_report_qc_scans)
     return ap
 
 

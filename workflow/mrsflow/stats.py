@@ -1,7 +1,7 @@
 """The study's statistical models, declared in the config and reported as tidy tables.
 
-Every model is a dict (one entry of ``config["stats"]["models"]``; an annotated example with the
-study's models is ``mrsflow/data/stats_models.yaml``).  :func:`run_model` validates the spec
+Every model is a dict (one entry of ``config["stats"]["models"]``; the study's models are in
+``config/config.yaml``).  :func:`run_model` validates the spec
 against the data, builds the analysis frame (merge demographics, filter, derive change scores),
 fits the model and returns one tidy row per reported quantity; :func:`run_all` does this for the
 whole list, :func:`write_tables` writes one TSV per model plus ``all_models.tsv`` and

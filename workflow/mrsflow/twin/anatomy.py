@@ -1,0 +1,757 @@
+"""Synthetic subject anatomy of the twin: a T1-weighted head made from the MNI152 template.
+
+Every participant of the twin gets a head whose brain is the ICBM 2009a (nonlinear,
+symmetric) MNI152 template shipped with nilearn, moved into the scanner by a subject
+transform, and a 3D T1-weighted image of it written as a classic Philips-like DICOM series.
+The planted truth (partial-volume maps, brain mask, the exact MNI -> scanner mapping) is
+returned alongside, so that segmentation and voxel tissue fractions can be checked.
+
+Spaces and transforms
+---------------------
+World = NIfTI RAS+ mm, the scanner coordinates (origin at the magnet isocentre).
+The subject transform maps subject world ``w`` to MNI mm::
+
+    mni = M @ (w + d(u)),   u = A^-1 w  (continuous voxel index of the acquisition grid)
+
+``M`` is the inverse of the subject affine ``S = T R Z`` (MNI -> world: per-axis scaling
+``Z``, rotation ``R``, translation ``T`` = head position in the scanner) and ``d`` is a smooth
+nonlinear displacement (mm, world axes) spanned by separable low-frequency cosines of the
+acquisition voxel index (orders 0..3, random, seeded; its Jacobian is kept well below 1,
+so the warp is a diffeomorphism). Images are made by pulling the MNI maps through this
+mapping (``scipy.ndimage.map_coordinates``, trilinear, float32); the forward mapping
+``mni_to_world`` inverts it by fixed-point iteration ``w <- S mni - d(A^-1 w)``, which
+contracts by ``|grad d| < 0.3`` per step and is run to 1e-9 mm.
+
+The population scale: the MNI152 average brain is larger than individual brains
+(its brain mask is 1.89 L; typical adult brain+CSF masks are ~1.2-1.6 L; the linear
+native->MNI scaling of adults is ~1.05-1.1 per axis, e.g. Lancaster et al. 2007, Hum Brain
+Mapp 28:1194 on the size bias of the ICBM152 space). The subject affine therefore scales by
+``population_scale`` (0.93) times ``1 +/- scale_jitter`` (5 %) per axis.
+
+Tissue maps
+-----------
+GM and WM are the template's probability maps (uint8/255), the brain mask is the template
+T1's nonzero region (the template is distributed skull-stripped), CSF = mask x (1 - GM - WM)
+clipped at 0. The maps are an average of 152 registered brains, so their tissue boundaries
+are blurred by the residual misregistration (15 % of brain voxels have no class above 0.6);
+an individual's partial-volume layer is about one voxel thick. The three probabilities are
+therefore sharpened, p_t <- p_t^2 / sum_s p_s^2 (``SHARPEN_GAMMA``), before use; CSF is still
+mask - GM - WM. After resampling, GM + WM + CSF = the (interpolated) brain fraction <= 1.
+
+T1 contrast (the blend)
+-----------------------
+Inside the brain the image is the tissue model plus the template's own texture::
+
+    T1 = mu_CSF p_CSF + mu_GM p_GM + mu_WM p_WM + alpha (mu_WM - mu_GM) r
+
+where ``r`` is the residual of the MNI T1 after its least-squares fit on (p_CSF, p_GM, p_WM)
+inside the mask (before sharpening), in units of the template's own GM-WM contrast, high-
+pass filtered (minus its 6 mm Gaussian-smoothed self) so that only anatomical detail is kept
+and the template's slow intensity drifts do not act as a second, unplanted bias field. The
+MNI T1 is itself almost linear in the maps (fitted means CSF 70, GM 168, WM 224; residual SD
+6 = 11 % of the GM-WM contrast), so ``alpha = 0.5`` keeps half of the genuine MNI152 texture
+(deep-GM shading, anatomical detail), while the class contrast is that of a 3 T MPRAGE
+(CSF : GM : WM = 0.25 : 0.65 : 1, GM/WM ~ 0.65 rather than the template's 0.75 after
+averaging). The tissue part is exactly linear in the planted partial volumes, which is what
+makes the planted maps the truth a partial-volume segmenter should recover; the texture has
+zero mean within each class and shifts partial-volume estimates by a few percent at most.
+
+Head
+----
+Around the brain, on a 2 mm MNI grid, by distance from the (closed) brain mask: extra-axial
+CSF 0-2 mm, skull 2-7 mm (dark inner/outer tables 0.05 with a diploe of 0.3), galea/muscle
+7-8.5 mm (0.45), subcutaneous fat 8.5-12.5 mm (bright, 1.1), skin 12.5-14 mm (0.6), then air;
+plus a neck (an elliptic cylinder of muscle in a fat ring, below MNI z = -40, outside the
+skull). No face, eyes or spinal canal: the skull closes under the brainstem. The profile is
+box-filtered over 2 mm before sampling so thin layers are not aliased away.
+
+Acquisition
+-----------
+A sagittal 3D T1 (Philips 3D T1-TFE/MPRAGE-like), 1 mm isotropic, 192 (R-L, slices) x 240
+(A-P) x 256 (S-I) voxels: 192 sagittal partitions keep the whole head for every drawn pose
+(a 176-slice slab clips the scalp of a yawed, wide head). The FOV is centred on the head as
+an operator would plan it (+/- 3 mm), the head itself sits +/- 10 mm off isocentre (x: +/- 6
+mm, left-right centring in a head coil is tighter). The stored array is RAS-ordered
+(axis 0 = +x, 1 = +y, 2 = +z); the DICOM writer reorders it to the usual sagittal display.
+A smooth multiplicative bias field exp(sum of cosines up to order 2, SD of log 0.08) and
+Rician noise (sigma 3 % of WM) are applied; intensities are in scanner units (WM ~ 1000).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+# tissue intensities relative to WM = 1 (3 T MPRAGE-like)
+MU = {"csf": 0.25, "gm": 0.65, "wm": 1.0}
+# head layers: (outer edge in mm from the brain surface, relative intensity)
+HEAD_LAYERS = (
+    (2.0, 0.25),  # extra-axial CSF
+    (3.5, 0.05),  # inner table
+    (5.5, 0.30),  # diploe
+    (7.0, 0.05),  # outer table
+    (8.5, 0.45),  # galea / temporal muscle
+    (12.5, 1.10),  # subcutaneous fat
+    (14.0, 0.60),  # skin
+)
+NECK_MUSCLE = 0.45
+NECK_FAT = 1.10
+_HEAD_STEP_MM = 2.0
+SHARPEN_GAMMA = 2.0  # tissue-probability sharpening (see module docstring)
+_TEXTURE_HIGHPASS_MM = 6.0  # Gaussian sigma of the part of the texture removed
+_WARP_ORDER = 3
+_BIAS_ORDER = 2
+
+
+@dataclass(frozen=True)
+class AnatomyParams:
+    """Knobs of the synthetic anatomy (defaults: a 3 T sagittal 1 mm MPRAGE)."""
+
+    shape: tuple[int, int, int] = (192, 240, 256)
+    voxel_mm: float = 1.0
+    head_centre_mni: tuple[float, float, float] = (0.0, -17.0, -18.0)  # FOV planned here
+    fov_offset_mm: float = 3.0  # planning error of the FOV centre (uniform +/-)
+    population_scale: float = 0.93
+    scale_jitter: float = 0.05  # per axis, uniform +/-
+    rotation_deg: tuple[float, float, float] = (6.0, 3.0, 3.0)  # pitch(x), roll(y), yaw(z)
+    translation_mm: tuple[float, float, float] = (6.0, 10.0, 10.0)  # head position, uniform +/-
+    warp_rms_mm: float = 2.5  # RMS length of the nonlinear displacement over the FOV
+    bias_sd: float = 0.08  # SD of the log bias field over the FOV
+    noise_sd: float = 0.03  # Rician sigma relative to WM intensity
+    texture_weight: float = 0.5  # alpha of the MNI T1 texture (see module docstring)
+    wm_level: float = 1000.0  # scanner units of WM
+
+
+@dataclass
+class SubjectAnatomy:
+    """One subject's head on the acquisition grid with its planted truth."""
+
+    t1: np.ndarray  # float32, scanner units, RAS-ordered array
+    affine: np.ndarray  # 4x4 vox -> world (RAS mm)
+    gm: np.ndarray  # float32 partial volumes, GM + WM + CSF <= 1
+    wm: np.ndarray
+    csf: np.ndarray
+    brain_mask: np.ndarray  # bool, interpolated template mask >= 0.5
+    head_mask: np.ndarray  # bool, noise-free signal above air
+    bias: np.ndarray  # float32 multiplicative bias field applied to the image
+    noise_sigma: float  # Rician sigma in scanner units
+    subject_affine: np.ndarray  # S: MNI mm -> world mm (before the warp)
+    warp_coef: np.ndarray  # (3, K, K, K) displacement coefficients, mm
+    params: AnatomyParams = field(default_factory=AnatomyParams)
+
+    # -- the subject transform ------------------------------------------------------------
+    def _disp(self, world: np.ndarray) -> np.ndarray:
+        """Displacement d(A^-1 w) in mm at world points (n, 3)."""
+        u = _apply(np.linalg.inv(self.affine), world)
+        shape = self.t1.shape
+        bases = [_cos_basis_at(u[:, ax], shape[ax], self.warp_coef.shape[1]) for ax in range(3)]
+        return np.stack(
+            [np.einsum("abc,na,nb,nc->n", c, *bases) for c in self.warp_coef], axis=1
+        )
+
+    def world_to_mni(self, xyz: np.ndarray) -> np.ndarray:
+        """Subject world mm (n, 3) -> MNI mm (n, 3): the mapping used to make the image."""
+        w = np.atleast_2d(np.asarray(xyz, float))
+        return _apply(np.linalg.inv(self.subject_affine), w + self._disp(w))
+
+    def mni_to_world(self, xyz_mni: np.ndarray) -> np.ndarray:
+        """MNI mm (n, 3) -> subject world mm (n, 3), the exact inverse of ``world_to_mni``."""
+        v = _apply(self.subject_affine, np.atleast_2d(np.asarray(xyz_mni, float)))
+        w = v.copy()
+        for _ in range(100):
+            w_new = v - self._disp(w)
+            if np.max(np.abs(w_new - w)) < 1e-9:
+                return w_new
+            w = w_new
+        return w
+
+
+# ---------------------------------------------------------------------------------------
+# template data (cached per process)
+
+
+def _nilearn_data_dir() -> Path:
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("nilearn is needed for the MNI152 template (pip install nilearn)")
+    return Path(spec.origin).parent / "datasets" / "data"
+
+
+@dataclass(frozen=True)
+class _Template:
+    affine: np.ndarray  # 1 mm MNI grid
+    gm: np.ndarray  # float32, masked
+    wm: np.ndarray
+    mask: np.ndarray  # float32 0/1
+    texture: np.ndarray  # float32, masked MNI T1 residual in units of its GM-WM contrast
+    head: np.ndarray  # float32 2 mm grid: non-brain intensity (CSF value inside the brain)
+    head_affine: np.ndarray
+    head_bbox_mni: np.ndarray  # (2, 3) mm extent of the head (non-air) region
+    brain_bbox_mni: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def _template() -> _Template:
+    d = _nilearn_data_dir()
+
+    def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+        img = nib.load(d / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")
+        return np.ascontiguousarray(np.asanyarray(img.dataobj), dtype=np.float32), img.affine
+
+    t1, aff = load("t1")
+    gm, _ = load("gm")
+    wm, _ = load("wm")
+    mask = (t1 > 0).astype(np.float32)
+    gm *= mask / 255.0
+    wm *= mask / 255.0
+    csf = np.clip(mask - gm - wm, 0.0, 1.0)
+    inside = mask > 0
+    design = np.stack([csf[inside], gm[inside], wm[inside]], axis=1)
+    coef = np.linalg.solve(design.T @ design, design.T @ t1[inside])  # 3 x 3 normal eqs
+    resid = (t1[inside] - design @ coef) / float(coef[2] - coef[1])
+    sd = float(resid.std())
+    texture = np.zeros_like(t1)
+    texture[inside] = np.clip(resid, -3 * sd, 3 * sd)
+    # keep the fine detail only: subtract the smooth part (normalised Gaussian convolution
+    # inside the mask) so the template's slow intensity drifts do not masquerade as bias
+    smooth = ndi.gaussian_filter(texture, _TEXTURE_HIGHPASS_MM, truncate=2.0) / np.maximum(
+        ndi.gaussian_filter(mask, _TEXTURE_HIGHPASS_MM, truncate=2.0), 1e-3
+    )
+    texture = np.where(inside, texture - smooth, 0.0).astype(np.float32)
+
+    if SHARPEN_GAMMA != 1.0:
+        # an individual's tissue boundaries are sharper than the 152-brain average
+        p = np.stack([csf[inside], gm[inside], wm[inside]]) ** SHARPEN_GAMMA
+        p /= np.maximum(p.sum(axis=0), 1e-12)
+        gm[inside], wm[inside] = p[1], p[2]
+
+    idx = np.argwhere(inside)
+    brain_bbox = _apply(aff, np.stack([idx.min(0) - 1, idx.max(0) + 1]).astype(float))
+
+    head, head_aff, head_bbox = _head_layers(mask, aff)
+    c = np.ascontiguousarray
+    return _Template(
+        aff, c(gm), c(wm), c(mask), c(texture), c(head), head_aff, head_bbox, brain_bbox
+    )
+
+
+def _head_layers(mask: np.ndarray, aff: np.ndarray):
+    """Non-brain head intensities on a 2 mm MNI grid (see module docstring)."""
+    step = _HEAD_STEP_MM
+    lo = np.array([-120.0, -160.0, -170.0])
+    hi = np.array([120.0, 124.0, 140.0])
+    shape = tuple(int(round(x)) + 1 for x in (hi - lo) / step)
+    haff = np.diag([step, step, step, 1.0])
+    haff[:3, 3] = lo
+    # brain fraction on the 2 mm grid (2 mm box average of the 1 mm mask)
+    src = ndi.uniform_filter(mask, size=2, mode="constant")
+    pts = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    vox = np.linalg.inv(aff) @ haff
+    coords = vox[:3, :3] @ pts + vox[:3, 3:4]
+    frac = ndi.map_coordinates(src, coords, order=1, mode="constant", output=np.float32)
+    brain = frac.reshape(shape) > 0.5
+    # closing by 6 mm (dilate then erode, both by distance thresholds), then fill holes
+    grown = ndi.distance_transform_edt(~brain, sampling=step) <= 6.0
+    closed = ndi.distance_transform_edt(np.pad(grown, 1), sampling=step)[1:-1, 1:-1, 1:-1] > 6.0
+    closed = ndi.binary_fill_holes(closed)
+    dist = ndi.distance_transform_edt(~closed, sampling=step).astype(np.float32)
+
+    # layer profile, box-filtered over one 2 mm sample
+    fine = np.arange(0.0, 40.0, 0.05)
+    edges = np.array([e for e, _ in HEAD_LAYERS])
+    vals = np.array([v for _, v in HEAD_LAYERS] + [0.0])
+    prof = vals[np.searchsorted(edges, fine, side="left")]
+    k = int(round(step / 0.05))
+    prof = np.convolve(np.pad(prof, k, mode="edge"), np.ones(k) / k, mode="same")[k:-k]
+    head = np.interp(dist, fine, prof).astype(np.float32)
+    envelope = dist <= HEAD_LAYERS[-1][0]
+
+    # neck: elliptic cylinder of muscle in a 6 mm fat ring below z = -40, outside the skull
+    x, y, z = (np.arange(n) * step + lo[a] for a, n in enumerate(shape))
+    rx, ry, cy = 60.0, 55.0, -25.0
+    r = np.sqrt((x[:, None] / rx) ** 2 + ((y[None, :] - cy) / ry) ** 2)  # (nx, ny)
+    depth = (1.0 - r) * min(rx, ry)  # mm inside the ellipse (approx.)
+    zfade = np.clip((-40.0 - z) / 10.0, 0.0, 1.0)  # 0 above -40, 1 below -50
+    neck_val = np.where(depth > 7.5, NECK_MUSCLE, np.where(depth > 1.5, NECK_FAT, 0.6))
+    neck_val = np.where(depth > 0, neck_val, 0.0)[:, :, None] * zfade[None, None, :]
+    outside_skull = dist > 8.5
+    head = np.where(outside_skull & (neck_val > head), neck_val, head).astype(np.float32)
+    envelope |= neck_val > 0
+    head[closed] = MU["csf"]
+
+    idx = np.argwhere(envelope)
+    bbox = _apply(haff, np.stack([idx.min(0) - 1, idx.max(0) + 1]).astype(float))
+    return head, haff, bbox
+
+
+@contextmanager
+def _blas_single_thread():
+    """Run with one BLAS thread: the matrix products here are small or memory-bound, and
+    on a shared 2-core machine a spinning BLAS thread pool makes them several times
+    slower. threadpoolctl ships with scikit-learn (a nilearn dependency); without it this
+    is a no-op."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+# ---------------------------------------------------------------------------------------
+# small numerics
+
+
+def _apply(aff: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    return xyz @ aff[:3, :3].T + aff[:3, 3]
+
+
+def _cos_basis(n: int, k: int) -> np.ndarray:
+    """(k, n) float32 cosines cos(pi a (i + 0.5) / n), a = 0..k-1, of voxel index i."""
+    u = (np.arange(n, dtype=np.float64) + 0.5) / n
+    return np.cos(np.pi * np.arange(k)[:, None] * u[None, :]).astype(np.float32)
+
+
+def _cos_basis_at(i: np.ndarray, n: int, k: int) -> np.ndarray:
+    """(m, k) cosines at continuous voxel indices i (m,)."""
+    u = (np.asarray(i, float) + 0.5) / n
+    return np.cos(np.pi * u[:, None] * np.arange(k)[None, :])
+
+
+def _separable(coef: np.ndarray, bx: np.ndarray, by: np.ndarray, bz: np.ndarray) -> np.ndarray:
+    """sum_abc coef[a,b,c] bx[a,i] by[b,j] bz[c,k] as an (ni, nj, nk) float32 array."""
+    t = np.tensordot(coef.astype(np.float32), bz, axes=([2], [0]))  # (a, b, nk)
+    t = np.einsum("abk,bj->ajk", t, by)  # (a, nj, nk)
+    out = bx.T @ t.reshape(t.shape[0], -1)
+    return out.reshape(bx.shape[1], by.shape[1], bz.shape[1])
+
+
+def _random_field(rng: np.random.Generator, k: int, rms: float, ncomp: int) -> np.ndarray:
+    """Coefficients (ncomp, k, k, k) of a smooth random cosine field with the given RMS
+    (per field, over the grid), power falling as 1 / (1 + |a|^2)^2, no constant term."""
+    a = np.arange(k)
+    kk = a[:, None, None] ** 2 + a[None, :, None] ** 2 + a[None, None, :] ** 2
+    amp = 1.0 / (1.0 + kk)
+    amp[0, 0, 0] = 0.0
+    c = rng.standard_normal((ncomp, k, k, k)) * amp
+    # mean square over the grid of a cosine of order > 0 is 1/2, of order 0 is 1
+    w1 = np.where(a == 0, 1.0, 0.5)
+    msq = w1[:, None, None] * w1[None, :, None] * w1[None, None, :]
+    total = float(np.sum(c**2 * msq)) / ncomp
+    return c * (rms / np.sqrt(total)) if total > 0 else c
+
+
+def _rotation(deg: Sequence[float]) -> np.ndarray:
+    ax, ay, az = np.deg2rad(deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# ---------------------------------------------------------------------------------------
+# the subject
+
+
+def make_subject_anatomy(
+    rng: np.random.Generator, params: AnatomyParams | None = None
+) -> SubjectAnatomy:
+    """Draw one subject's head and image it (see the module docstring for the model)."""
+    with _blas_single_thread():
+        return _make_subject_anatomy(rng, params or AnatomyParams())
+
+
+def _make_subject_anatomy(rng: np.random.Generator, p: AnatomyParams) -> SubjectAnatomy:
+    tpl = _template()
+    shape = tuple(int(s) for s in p.shape)
+    vox = float(p.voxel_mm)
+
+    # subject affine S: MNI -> world (scaling, rotation, head position)
+    scale = p.population_scale * (1.0 + rng.uniform(-p.scale_jitter, p.scale_jitter, 3))
+    rot = _rotation(rng.uniform(-1, 1, 3) * np.asarray(p.rotation_deg))
+    trans = rng.uniform(-1, 1, 3) * np.asarray(p.translation_mm)
+    s_aff = np.eye(4)
+    s_aff[:3, :3] = rot @ np.diag(scale)
+    s_aff[:3, 3] = trans
+    m_aff = np.linalg.inv(s_aff)
+
+    # acquisition grid, axis-aligned RAS, centred on the head as planned
+    centre = _apply(s_aff, np.asarray(p.head_centre_mni, float)[None])[0]
+    centre = np.round(centre + rng.uniform(-p.fov_offset_mm, p.fov_offset_mm, 3), 1)
+    affine = np.diag([vox, vox, vox, 1.0])
+    affine[:3, 3] = centre - vox * (np.asarray(shape) - 1) / 2.0
+
+    # nonlinear warp (world mm, as a function of the acquisition voxel index)
+    warp = _random_field(rng, _WARP_ORDER + 1, p.warp_rms_mm / np.sqrt(3.0), 3)
+    orders = np.arange(_WARP_ORDER + 1)
+    grads = np.array(
+        [
+            [
+                float(np.sum(np.abs(np.moveaxis(warp[m], ax, 0)) * orders[:, None, None]))
+                * np.pi
+                / (shape[ax] * vox)
+                for ax in range(3)
+            ]
+            for m in range(3)
+        ]
+    )
+    grad_bound = float(np.sqrt(np.sum(grads**2)))  # bound on the Frobenius norm of grad d
+    if grad_bound > 0.3:  # keep the warp safely invertible
+        warp *= 0.3 / grad_bound
+    dmax = float(np.linalg.norm(np.sum(np.abs(warp), axis=(1, 2, 3)))) + 2.0
+    bases = [_cos_basis(n, _WARP_ORDER + 1) for n in shape]
+
+    def box_of(bbox_mni: np.ndarray) -> tuple[slice, ...]:
+        corners = np.array(np.meshgrid(*bbox_mni.T, indexing="ij")).reshape(3, -1).T
+        ijk = _apply(np.linalg.inv(affine), _apply(s_aff, corners))
+        lo = np.floor(ijk.min(0) - dmax / vox).astype(int)
+        hi = np.ceil(ijk.max(0) + dmax / vox).astype(int) + 1
+        lo = np.clip(lo, 0, shape)
+        hi = np.clip(hi, 0, shape)
+        return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+
+    def coords_of(src_aff: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+        """(3, *box shape) float32 indices into a source grid (src_aff, MNI mm) of the
+        acquisition voxels of box, through the subject transform."""
+        k = np.linalg.inv(src_aff) @ m_aff  # world -> src index
+        lin = k[:3, :3] @ affine[:3, :3]
+        off = k[:3, :3] @ affine[:3, 3] + k[:3, 3]
+        idx = [np.arange(s.start, s.stop, dtype=np.float32) for s in box]
+        bx, by, bz = (b[:, s] for b, s in zip(bases, box, strict=True))
+        coords = np.empty((3, *(len(i) for i in idx)), np.float32)
+        for c in range(3):
+            cc = _separable(np.tensordot(k[c, :3], warp, axes=(0, 0)), bx, by, bz)
+            cc += (lin[c, 0] * idx[0] + off[c])[:, None, None]
+            cc += (lin[c, 1] * idx[1])[None, :, None]
+            cc += (lin[c, 2] * idx[2])[None, None, :]
+            coords[c] = cc
+        return coords
+
+    def sample(src: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        return ndi.map_coordinates(src, coords, order=1, mode="constant", output=np.float32)
+
+    hbox = box_of(tpl.head_bbox_mni)
+    bbox = box_of(tpl.brain_bbox_mni)
+    # brain box relative to the head box
+    rel = tuple(
+        slice(b.start - h.start, b.stop - h.start) for b, h in zip(bbox, hbox, strict=True)
+    )
+
+    # planted maps: the brain fraction on the whole brain box, the (masked) GM, WM and
+    # texture only where it is > 0 (elsewhere all eight neighbours are outside the mask)
+    coords = coords_of(tpl.affine, bbox)
+    br_b = sample(tpl.mask, coords)
+    inside = br_b > 0
+    coords = coords[:, inside]
+    gm_b, wm_b, tex_b = (np.zeros_like(br_b) for _ in range(3))
+    gm_b[inside] = sample(tpl.gm, coords)
+    wm_b[inside] = sample(tpl.wm, coords)
+    tex_b[inside] = sample(tpl.texture, coords)
+    del coords
+    csf_b = np.clip(br_b - gm_b - wm_b, 0.0, 1.0)
+
+    clean = sample(tpl.head, coords_of(tpl.head_affine, hbox))  # non-brain part
+    brain_sig = MU["csf"] * csf_b + MU["gm"] * gm_b + MU["wm"] * wm_b
+    brain_sig += p.texture_weight * (MU["wm"] - MU["gm"]) * tex_b
+    clean[rel] = (1.0 - br_b) * clean[rel] + brain_sig
+
+    full = np.zeros(shape, np.float32)
+    head_mask = np.zeros(shape, bool)
+    head_mask[hbox] = clean > 0.02
+
+    # bias field over the whole FOV
+    bcoef = _random_field(rng, _BIAS_ORDER + 1, p.bias_sd, 1)[0]
+    bb = [_cos_basis(n, _BIAS_ORDER + 1) for n in shape]
+    bias = np.exp(_separable(bcoef, *bb)).astype(np.float32)
+
+    full[hbox] = clean * bias[hbox] * np.float32(p.wm_level)
+    sigma = float(p.noise_sd * p.wm_level)
+    n1 = rng.standard_normal(shape, dtype=np.float32)
+    n1 *= np.float32(sigma)
+    full += n1
+    del n1
+    n2 = rng.standard_normal(shape, dtype=np.float32)
+    n2 *= np.float32(sigma)
+    t1 = np.hypot(full, n2)
+    del n2, full
+
+    def place(a: np.ndarray) -> np.ndarray:
+        out = np.zeros(shape, np.float32)
+        out[bbox] = a
+        return out
+
+    brain_mask = np.zeros(shape, bool)
+    brain_mask[bbox] = br_b >= 0.5
+    return SubjectAnatomy(
+        t1=t1,
+        affine=affine,
+        gm=place(gm_b),
+        wm=place(wm_b),
+        csf=place(csf_b),
+        brain_mask=brain_mask,
+        head_mask=head_mask,
+        bias=bias,
+        noise_sigma=sigma,
+        subject_affine=s_aff,
+        warp_coef=warp,
+        params=p,
+    )
+
+
+def plan_mrs_voxel(
+    anat: SubjectAnatomy,
+    centre_mni: Sequence[float],
+    size_mm: float | Sequence[float],
+    angulation_deg: Sequence[float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """NIfTI-MRS affine of an MRS voxel planned on this subject: centred on the world
+    position of ``centre_mni``, its edges aligned with the subject's head (the rotation of
+    the subject affine, as an operator aligns the box to the anatomy) then angulated by
+    ``angulation_deg`` (rotations about x, y, z in degrees); columns have the lengths of
+    ``size_mm``."""
+    rot = anat.subject_affine[:3, :3] / np.linalg.norm(anat.subject_affine[:3, :3], axis=0)
+    aff = np.eye(4)
+    size = np.broadcast_to(np.asarray(size_mm, float), 3)
+    aff[:3, :3] = rot @ _rotation(angulation_deg) @ np.diag(size)
+    aff[:3, 3] = anat.mni_to_world(np.asarray(centre_mni, float)[None])[0]
+    return aff
+
+
+def voxel_truth_fractions(anat: SubjectAnatomy, mrs_affine: np.ndarray, n: int = 32) -> dict:
+    """Planted tissue fractions of an MRS voxel.
+
+    Independent of ``mrsflow.segment``'s rasteriser: the voxel box (index coordinates
+    [-0.5, 0.5]^3 of ``mrs_affine``) is sampled by n^3 cell-centred points, which are mapped
+    to the T1 grid and trilinearly interpolated in the planted GM, WM and CSF maps. The
+    fractions are normalised to GM + WM + CSF = 1 (the convention of FSL-MRS and of the
+    water-scaling equations); the unnormalised brain fraction and the non-brain remainder
+    are returned too (the accumbens voxel lies deep in the brain, so non-brain is ~0).
+    """
+    g = (np.arange(n) + 0.5) / n - 0.5
+    ijk = np.array(np.meshgrid(g, g, g, indexing="ij")).reshape(3, -1).T
+    world = _apply(np.asarray(mrs_affine, float), ijk)
+    vox = _apply(np.linalg.inv(anat.affine), world).T
+    vals = [
+        float(ndi.map_coordinates(m, vox, order=1, mode="constant").mean())
+        for m in (anat.gm, anat.wm, anat.csf)
+    ]
+    tot = sum(vals)
+    if tot <= 0:
+        return {"f_gm": np.nan, "f_wm": np.nan, "f_csf": np.nan, "brain_fraction": 0.0,
+                "nonbrain_fraction": 1.0}
+    return {
+        "f_gm": vals[0] / tot,
+        "f_wm": vals[1] / tot,
+        "f_csf": vals[2] / tot,
+        "brain_fraction": tot,
+        "nonbrain_fraction": 1.0 - tot,
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# DICOM export
+
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def _dicom_layout(shape: Sequence[int], affine: np.ndarray, slice_axis: int):
+    """Permutation/flips of the array into (slice, row, column) DICOM order, and the affine
+    of that order. In-plane axes follow the usual display: rows run to the patient's
+    inferior (or posterior, for axial slices), columns to the patient's left (or posterior,
+    for sagittal slices); slices run towards increasing LPS coordinate of the normal."""
+    lps = _LPS @ affine
+    inplane = [a for a in range(3) if a != slice_axis]
+    dom = {a: int(np.argmax(np.abs(lps[:3, a]))) for a in range(3)}
+    # which in-plane axis runs down the rows: the one closest to S-I, else A-P (axial)
+    zs = [a for a in inplane if dom[a] == 2]
+    row_axis = zs[0] if zs else next((a for a in inplane if dom[a] == 1), inplane[1])
+    col_axis = next(a for a in inplane if a != row_axis)
+    want = {0: 1.0, 1: 1.0, 2: -1.0}  # desired sign of the dominant LPS component
+    order = (slice_axis, row_axis, col_axis)
+    flips = []
+    for role, a in enumerate(order):
+        comp = lps[dom[a], a]
+        desired = 1.0 if role == 0 else want[dom[a]]
+        if role == 1 and dom[a] == 1:  # axial rows run anterior -> posterior (+y LPS)
+            desired = 1.0
+        flips.append(np.sign(comp) != desired)
+    # affine of the reordered array
+    perm = np.zeros((4, 4))
+    perm[3, 3] = 1.0
+    for new, (a, f) in enumerate(zip(order, flips, strict=True)):
+        n = shape[a]
+        perm[a, new] = -1.0 if f else 1.0
+        perm[a, 3] = (n - 1) if f else 0.0
+    return order, flips, affine @ perm
+
+
+def _name_uid(*parts: str) -> str:
+    """Deterministic DICOM UID: the 2.25 arc (ISO/IEC 9834-8) with a name-based (SHA-1,
+    version 5) UUID of the parts."""
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "mrsflow-twin/" + "/".join(parts)).int)
+
+
+def _ds(value: float, digits: int = 10) -> str:
+    """A DICOM decimal string (<= 16 characters)."""
+    for d in range(digits, 0, -1):
+        s = f"{value:.{d}g}"
+        if len(s) <= 16:
+            return s
+    return f"{value:.1e}"
+
+
+def write_t1_dicom(
+    outdir: Path,
+    volume: np.ndarray,
+    affine: np.ndarray,
+    *,
+    patient_id: str,
+    study_uid_seed: int,
+    series_description: str = "T1w_MPRAGE",
+    series_number: int = 301,
+    slice_axis: int = 0,
+    repetition_time_ms: float = 8.1,
+    echo_time_ms: float = 3.7,
+    inversion_time_ms: float = 900.0,
+    flip_angle_deg: float = 8.0,
+    study_date: str | None = None,
+) -> list[Path]:
+    """Write ``volume`` (array with a RAS vox->world ``affine``) as a classic single-frame
+    MR Image Storage series, one file per slice (``IM_0001.dcm`` ...), Philips-like tags.
+
+    Pixels are uint16 (12 bits stored) with RescaleSlope chosen so the maximum is 4095.
+    Geometry is exact: ImagePositionPatient / ImageOrientationPatient / PixelSpacing are
+    derived from ``affine`` (converted to LPS), so any oblique affine round-trips through
+    a converter such as dcm2niix. Everything is deterministic: UIDs are hashed from the
+    seed, patient id and series, dates from the seed (no clock, no random state).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    vol = np.asarray(volume)
+    order, flips, aff = _dicom_layout(vol.shape, np.asarray(affine, float), slice_axis)
+    arr = np.transpose(vol, order)
+    arr = arr[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+
+    vmax = float(np.nanmax(arr)) if arr.size else 0.0
+    slope_str = _ds(max(vmax, 1e-6) / 4095.0, 8)
+    slope = float(slope_str)
+    pix = np.clip(np.rint(np.nan_to_num(arr) / slope), 0, 4095).astype("<u2")
+
+    def uid(*parts: object) -> str:
+        return _name_uid(str(study_uid_seed), patient_id, *map(str, parts))
+
+    study_uid = uid("study")
+    series_uid = uid("series", series_number, series_description)
+    frame_uid = uid("frame-of-reference")
+    if study_date is None:
+        day = np.datetime64("2022-01-03") + int(study_uid_seed) % 700
+        study_date = str(day).replace("-", "")
+    minutes = 8 * 60 + int(study_uid_seed) % 480
+    study_time = f"{minutes // 60:02d}{minutes % 60:02d}00"
+
+    lps = _LPS @ aff
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)  # slice, row, column steps (mm)
+    row_cos = lps[:3, 2] / spacing[2]  # direction of increasing column index
+    col_cos = lps[:3, 1] / spacing[1]  # direction of increasing row index
+    normal = np.cross(row_cos, col_cos)
+    iop = [_ds(float(v)) for v in (*row_cos, *col_cos)]
+    centre = float(np.percentile(pix, 99.5)) * slope
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = _name_uid("implementation")
+    meta.ImplementationVersionName = "MRSFLOW_TWIN"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.SOPClassUID = MR_IMAGE_STORAGE
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study_date
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = study_time
+    ds.AccessionNumber = ""
+    ds.Modality = "MR"
+    ds.Manufacturer = "Philips"
+    ds.InstitutionName = "mrsflow twin"
+    ds.ReferringPhysicianName = ""
+    ds.StationName = "TWIN-MR3T"
+    ds.StudyDescription = "MRS accumbens"
+    ds.SeriesDescription = series_description
+    ds.ProtocolName = series_description
+    ds.ManufacturerModelName = "Ingenia"
+    ds.SoftwareVersions = "5.7.1"
+    ds.PatientName = patient_id
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.BodyPartExamined = "BRAIN"
+    ds.ScanningSequence = ["GR", "IR"]
+    ds.SequenceVariant = ["SK", "SP", "MP"]
+    ds.ScanOptions = ""
+    ds.MRAcquisitionType = "3D"
+    ds.SliceThickness = _ds(float(spacing[0]))
+    ds.RepetitionTime = _ds(repetition_time_ms)
+    ds.EchoTime = _ds(echo_time_ms)
+    ds.InversionTime = _ds(inversion_time_ms)
+    ds.NumberOfAverages = "1"
+    ds.ImagingFrequency = "127.8"
+    ds.ImagedNucleus = "1H"
+    ds.MagneticFieldStrength = "3"
+    ds.SpacingBetweenSlices = _ds(float(spacing[0]))
+    ds.EchoTrainLength = "1"
+    ds.PixelBandwidth = "241"
+    ds.ReceiveCoilName = "HEAD 32"
+    ds.TransmitCoilName = "B"
+    ds.FlipAngle = _ds(flip_angle_deg)
+    ds.PatientPosition = "HFS"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyID = str(int(study_uid_seed) % 100000)
+    ds.SeriesNumber = str(series_number)
+    ds.AcquisitionNumber = "1"
+    ds.ImageOrientationPatient = iop
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(pix.shape[1]), int(pix.shape[2])
+    ds.PixelSpacing = [_ds(float(spacing[1])), _ds(float(spacing[2]))]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = _ds(round(centre / 2.0, 1))
+    ds.WindowWidth = _ds(round(centre, 1))
+    ds.RescaleIntercept = "0"
+    ds.RescaleSlope = slope_str
+    ds.RescaleType = "normalized"
+
+    paths = []
+    for s in range(pix.shape[0]):
+        sop = uid("instance", series_number, s)
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPInstanceUID = sop
+        ds.InstanceNumber = str(s + 1)
+        pos = lps[:3, :3] @ np.array([s, 0.0, 0.0]) + lps[:3, 3]
+        ds.ImagePositionPatient = [_ds(float(v)) for v in pos]
+        ds.SliceLocation = _ds(float(pos @ normal))
+        ds.PixelData = pix[s].tobytes()
+        path = outdir / f"IM_{s + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
