@@ -203,27 +203,81 @@ def test_eddy_current_correction_removes_the_planted_phase():
     assert on.qc["ecc"]["continuation_tau_ms"] == pytest.approx(40.0, rel=0.15)
 
 
-def test_hlsvd_removes_residual_water():
+def test_mc_residual_water_removed_with_the_water_template():
     s = synth(31, mc_water_asymmetry=0.02, n_motion=2)  # imperfect MC water cancellation
     with_w = P.preprocess_mc(s.transients, DT, F0)
     without = P.preprocess_mc(s.transients, DT, F0, {"hlsvd": False})
-    hl = with_w.qc["hlsvd"]
-    assert hl["residual_water_before"] > 0.005
-    assert hl["residual_water_after"] < 0.01
-    assert hl["residual_water_after"] < hl["residual_water_before"] / 10
-    # with perfect MC cancellation (same noise) HLSVD also leaves < 1 % of the water, and the
-    # metabolite spectra (0.2-4.0 ppm) of the two cases agree: the 1 % residual water is gone
+    wr = with_w.qc["water_removal"]
+    assert wr["method"] == "template" and not with_w.qc["hlsvd"]["applied"]
+    tpl = wr["template"]
+    assert tpl["asymmetry"] == pytest.approx(0.02, abs=2e-3)  # (a/2) W left in U - D
+    assert abs(tpl["phase_rad"]) < 1e-3 and abs(tpl["freq_hz"]) < 0.01
+    assert wr["residual_water_before"] > 0.005
+    assert wr["residual_water_after"] < 1e-3
+    assert with_w.qc["hlsvd"]["residual_water_after"] == wr["residual_water_after"]
+    # with perfect MC cancellation (same noise) the metabolite spectra (0.2-4.2 ppm, up to
+    # the edge next to water) agree: the water is gone, nothing else was touched
     clean = P.preprocess_mc(synth(31, n_motion=2).transients, DT, F0)
-    assert clean.qc["hlsvd"]["residual_water_after"] < 0.01
+    assert abs(clean.qc["water_removal"]["template"]["asymmetry"]) < 1e-3
     a, ppm = qc.spectrum(with_w.metab, DT, F0)
     b, _ = qc.spectrum(clean.metab, DT, F0)
     c, _ = qc.spectrum(without.metab, DT, F0)
-    # up to 3.9 ppm: the last 0.1 ppm before 4.0 keeps ~5 % of the NAA height of water tail
-    # (2 % water asymmetry; HLSVD's window starts at 4.2 ppm)
-    met = (ppm > 0.2) & (ppm < 3.9)
+    met = (ppm > 0.2) & (ppm < 4.2)
     naa_h = qc.peak_height(clean.metab, DT, F0)
-    assert np.abs(a[met] - b[met]).max() < 0.05 * naa_h
-    assert np.abs(c[met] - b[met]).max() > 0.2 * naa_h  # the water tail HLSVD removed
+    assert np.abs(a[met] - b[met]).max() < 0.01 * naa_h
+    assert np.abs(c[met] - b[met]).max() > 0.2 * naa_h  # the water tail that was removed
+
+
+def test_mc_water_removal_methods_and_params():
+    s = synth(32, n_motion=0, mc_water_asymmetry=0.01)
+    both = P.preprocess_mc(s.transients, DT, F0, {"mc_water_removal": "template+hlsvd"})
+    assert both.qc["hlsvd"]["applied"] and both.qc["water_removal"]["template"]["applied"]
+    assert both.qc["water_removal"]["residual_water_after"] < 1e-3
+    hl = P.preprocess_mc(s.transients, DT, F0, {"mc_water_removal": "hlsvd"})
+    assert hl.qc["hlsvd"]["applied"] and not hl.qc["water_removal"]["template"]["applied"]
+    assert hl.qc["hlsvd"]["residual_water_after"] < 0.01
+    with pytest.raises(ValueError, match="mc_water_removal"):
+        P.preprocess_mc(s.transients, DT, F0, {"mc_water_removal": "svd"})
+
+
+def test_water_template_recovers_a_first_order_leak():
+    """D = M + (e0 + i 2 pi df t) W with an arbitrary (eddy-current) water lineshape; the
+    metabolites near water limit the estimate to ~1e-5 of the water."""
+    t = np.arange(N) * DT
+    ec = np.exp(0.3j * np.exp(-t / 0.02))
+    water = 3e4 * np.exp(-t / 0.08 - (np.pi * 4.0 * t) ** 2 / (4 * np.log(2))) * ec
+    s = synth(33, target_snr=1e5)
+    metab = s.ideal_metab * ec
+    e0, df = 0.004 + 2e-4j, 3e-3
+    out, info = P.remove_water_template(metab + (e0 + 2j * np.pi * df * t) * water, water, DT)
+    assert info["asymmetry"] == pytest.approx(2 * e0.real, abs=5e-5)
+    assert info["phase_rad"] == pytest.approx(e0.imag, abs=3e-5)
+    assert info["freq_hz"] == pytest.approx(df, abs=5e-4)
+    spec, ppm = qc.spectrum(out - metab, DT, F0)
+    ref, _ = qc.spectrum(metab, DT, F0)
+    sel = (ppm > 0.2) & (ppm < 4.2)
+    assert np.abs(spec[sel]).max() < 2e-3 * np.abs(ref[sel]).max()
+
+
+def test_hlsvd_removes_lines_inside_the_window_only():
+    """Lorentzian water (4.65) and a line at 4.60 inside the window are removed exactly;
+    Cr 3.91, Ins 4.05, GPC 4.30 and NAA 4.38 ppm lines are kept, whatever the window."""
+    t = np.arange(N) * DT
+
+    def line(ppm, amp, fwhm):
+        return amp * np.exp((2j * np.pi * (ppm - 4.65) * F0 - np.pi * fwhm) * t)
+
+    keep = line(3.91, 2.0, 5) + line(4.05, 1.5, 6) + line(4.30, 1.0, 5) + line(4.38, 1.0, 5)
+    keep = keep + line(2.01, 6.0, 5) + line(3.03, 5.0, 5)
+    water = line(4.65, 400.0 * np.exp(0.7j), 9) + line(4.60, 0.5, 5)
+    outs = []
+    for win in ((4.45, 4.95), (4.5, 4.85), (4.4, 5.0)):
+        out, info = P.remove_water_hlsvd(keep + water, DT, F0, ppm=win)
+        assert 2 <= info["n_removed"] <= 4
+        assert all(win[0] <= p <= win[1] for p in info["removed_ppm"])
+        outs.append(out)
+        assert np.abs(out - keep).max() < 1e-3 * np.abs(keep).max()
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-3)
 
 
 def test_classic_multirow_through_files(tmp_path):

@@ -37,7 +37,17 @@ FSL_CHANNEL = "https://fsl.fmrib.ox.ac.uk/fsldownloads/fslconda/public/"
 # rule family -> top-level PyPI packages its rules import (closed over dependencies below)
 FAMILIES: dict[str, list[str]] = {
     "basis": ["numpy", "scipy", "pyyaml", "matplotlib"],
-    "twin": ["numpy", "scipy", "pandas", "pyyaml", "jsonschema", "nibabel", "nilearn", "pydicom", "nifti-mrs"],
+    "twin": [
+        "numpy",
+        "scipy",
+        "pandas",
+        "pyyaml",
+        "jsonschema",
+        "nibabel",
+        "nilearn",
+        "pydicom",
+        "nifti-mrs",
+    ],
     "convert": ["spec2nii", "dcm2niix", "nifti-mrs", "nibabel", "numpy"],
     "preprocess": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib", "threadpoolctl"],
     "segment": ["numpy", "scipy", "nibabel", "matplotlib"],
