@@ -476,6 +476,10 @@ def _segment_t1(data, affine, *, seed, brain_mask, mrf_beta, mrf_iterations, bia
         "sds": np.sqrt(var).tolist(),
         "label_proportions": dict(zip(_GROUPS, pi.tolist(), strict=True)),
         "brain_volume_ml": float(mask.sum() * np.prod(_voxel_sizes(affine)) / 1000.0),
+        "bias_polynomial_order": bias_order,
+        "mrf_beta": mrf_beta,
+        "mrf_iterations": mrf_iterations,
+        "seed": seed,
     }
     return Segmentation(out["gm"], out["wm"], out["csf"], mask, bias, info)
 

@@ -151,11 +151,7 @@ def write_participant(
     for scan in scans.itertuples():
         key = {"participant_id": participant_id, "session": scan.session, "film": scan.film}
         if scan.session not in geometry_of_session:
-            mni = np.array([[scan.voxel_mni_x, scan.voxel_mni_y, scan.voxel_mni_z]])
-            centre = anat.mni_to_world(mni)[0]
-            geom = VoxelGeometry(
-                tuple(np.round(centre, 2)), tuple(vox["size_mm"]), tuple(vox["angulation_deg"])
-            )
+            geom = plan_voxel(anat, (scan.voxel_mni_x, scan.voxel_mni_y, scan.voxel_mni_z), vox)
             geometry_of_session[scan.session] = geom
             frac = anatomy.voxel_truth_fractions(anat, geom.affine())
             truth["tissue"].append(
@@ -229,6 +225,18 @@ def write_participant(
             )
     for table, records in truth.items():
         _write_tsv(pd.DataFrame(records), truth_dir / f"{table}.{participant_id}.tsv")
+
+
+def plan_voxel(anat, centre_mni, vox: Mapping) -> VoxelGeometry:
+    """The MRS voxel as the operator plans it on this head: centred on the (jittered) MNI
+    target, edges aligned with the head and angulated by ``vox['angulation_deg']`` (AP, LR,
+    CC, Philips order, relative to the head). Returned in the scanner's own terms, i.e. what
+    the SPAR geometry carries; centre rounded to 0.01 mm as the scanner exports it."""
+    ap, lr, cc = (float(v) for v in vox["size_mm"])
+    a_ap, a_lr, a_cc = (float(v) for v in vox["angulation_deg"])
+    aff = anatomy.plan_mrs_voxel(anat, centre_mni, (lr, ap, cc), (a_lr, a_ap, a_cc))
+    rot = aff[:3, :3] / np.linalg.norm(aff[:3, :3], axis=0)
+    return VoxelGeometry.from_rotation(np.round(aff[:3, 3], 2), (ap, lr, cc), rot)
 
 
 def _write_scan(
