@@ -32,9 +32,17 @@ def _twin_sheets(a: argparse.Namespace) -> None:
     generate.write_sheets(a.twin, Path(a.raw_dir))
 
 
-def _twin_participant(a: argparse.Namespace) -> None:
-    from mrsflow.twin import generate
+def _twin_template(a: argparse.Namespace) -> None:
+    from mrsflow.twin import anatomy
 
+    anatomy.write_template_cache(Path(a.out))
+
+
+def _twin_participant(a: argparse.Namespace) -> None:
+    from mrsflow.twin import anatomy, generate
+
+    if a.template:
+        anatomy.use_template_cache(Path(a.template))
     generate.write_participant(
         a.config, a.participant, Path(a.raw_dir), Path(a.truth_dir), Path(a.basis_dir)
     )
@@ -112,6 +120,8 @@ def _verify_recovery(a: argparse.Namespace) -> None:
     targets = verify.load_verification_config(a.verification)["twin"]
     outputs = {"concentrations": a.concentrations, "summary": a.summary, "tissue": a.tissue,
                "quality": a.quality, "effects": a.effects, "png": a.png}
+    outputs.update({f"{k}_html": getattr(a, f"{k}_html") for k in
+                    ("summary", "tissue", "quality", "effects")})
     verify.run_recovery(a.metabolites, a.craving, a.participants, a.truth_dir, a.stats,
                         targets, outputs)
 
@@ -120,7 +130,7 @@ def _verify(a: argparse.Namespace) -> None:
     from mrsflow import verify
 
     verify.run_verification(a.source, a.verification, a.all_models, a.metabolites, a.out,
-                            twin_config=a.twin, recovery_dir=a.recovery_dir)
+                            twin_config=a.twin, recovery_dir=a.recovery_dir, html=a.html)
 
 
 def _report_mrsinmrs(a: argparse.Namespace) -> None:
@@ -128,20 +138,53 @@ def _report_mrsinmrs(a: argparse.Namespace) -> None:
 
     versions = report.software_versions(a.snakemake_version)
     report.run_mrsinmrs(a.raw_dir, a.patterns, a.config, a.metabolites, a.exclusions, a.basis,
-                        a.verification, a.out, versions=versions)
+                        a.verification, a.out, versions=versions, html=a.html)
 
 
 def _report_provenance(a: argparse.Namespace) -> None:
     from mrsflow import report
 
     report.run_provenance(a.config, a.raw_dir, a.paths, a.workflow_dir, a.tsv, a.yaml,
-                          snakemake_version=a.snakemake_version)
+                          snakemake_version=a.snakemake_version, html=a.html)
 
 
 def _report_qc_scans(a: argparse.Namespace) -> None:
     from mrsflow import report
 
-    report.run_qc_scans(a.raw_dir, a.patterns, a.metabolites, a.out, rules=a.rules)
+    report.run_qc_scans(a.raw_dir, a.patterns, a.metabolites, a.out, rules=a.rules,
+                        html=a.html)
+
+
+def _register(a: argparse.Namespace) -> None:
+    from mrsflow import register
+
+    register.run_register(Path(a.t1), Path(a.mask), Path(a.out))
+
+
+def _figure1(a: argparse.Namespace) -> None:
+    from mrsflow import figures
+
+    if len(a.voxel_xfm) != len(a.voxel_mrs):
+        raise InputError("--voxel-xfm and --voxel-mrs must pair up (same length)")
+    figures.figure1(
+        Path(a.metabolites), Path(a.stats_dir), list(zip(a.voxel_xfm, a.voxel_mrs, strict=True)),
+        a.spectra, a.fits, Path(a.basis_dir), Path(a.pdf), Path(a.png), models=a.models,
+        fitting=a.fitting,
+    )
+
+
+def _figure2(a: argparse.Namespace) -> None:
+    from mrsflow import figures
+
+    figures.figure2(Path(a.craving), Path(a.stats_dir), Path(a.pdf), Path(a.png),
+                    models=a.models)
+
+
+def _figure3(a: argparse.Namespace) -> None:
+    from mrsflow import figures
+
+    figures.figure3(Path(a.metabolites), Path(a.stats_dir), Path(a.pdf), Path(a.png),
+                    models=a.models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-dir", required=True)
     p.add_argument("--truth-dir", required=True)
     p.add_argument("--basis-dir", required=True)
+    p.add_argument("--template", help="prepared MNI template (twin-template); else built here")
     p.set_defaults(func=_twin_participant)
+
+    p = sub.add_parser("twin-template", help="prepare the twin's MNI template once (.npz)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_twin_template)
 
     p = sub.add_parser("twin-truth", help="merge the per-participant truth parts")
     p.add_argument("--out-dir", required=True)
@@ -230,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "--concentrations", "--summary", "--tissue", "--quality", "--effects", "--png"):
         p.add_argument(name, required=True)
     p.add_argument("--stats", type=_json, required=True, help="config 'stats' as JSON")
+    for name in ("--summary-html", "--tissue-html", "--quality-html", "--effects-html"):
+        p.add_argument(name, help="HTML rendering of the table")
     p.set_defaults(func=_verify_recovery)
 
     p = sub.add_parser("verify", help="results/verification.tsv: key numbers vs expected")
@@ -238,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(name, required=True)
     p.add_argument("--twin", type=_json, help="config 'twin' as JSON (source twin)")
     p.add_argument("--recovery-dir", help="results/twin/recovery (source twin)")
+    p.add_argument("--html", help="HTML rendering of the table")
     p.set_defaults(func=_verify)
 
     p = sub.add_parser("report-mrsinmrs", help="the MRSinMRS reporting table")
@@ -247,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patterns", type=_json, required=True, help="nifti/qc/fit path templates")
     p.add_argument("--config", type=_json, required=True, help="config blocks as JSON")
     p.add_argument("--snakemake-version")
+    p.add_argument("--html", help="HTML rendering of the table")
     p.set_defaults(func=_report_mrsinmrs)
 
     p = sub.add_parser("report-provenance", help="versions, config and raw-file checksums")
@@ -256,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow-dir", help="git checkout to read the commit of (default: the"
                    " one holding this package)")
     p.add_argument("--snakemake-version")
+    p.add_argument("--html", help="HTML rendering of the table")
     p.add_argument("paths", nargs="*", help="raw files and folders to checksum")
     p.set_defaults(func=_report_provenance)
 
@@ -264,7 +317,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(name, required=True)
     p.add_argument("--patterns", type=_json, required=True, help="qc/fit/tissue path templates")
     p.add_argument("--rules", type=_json, help="config 'qc' as JSON")
+    p.add_argument("--html", help="HTML rendering of the table")
     p.set_defaults(func=_report_qc_scans)
+
+    p = sub.add_parser("register", help="affine T1 -> MNI152 registration (brain-extracted)")
+    for name in ("--t1", "--mask", "--out"):
+        p.add_argument(name, required=True)
+    p.set_defaults(func=_register)
+
+    p = sub.add_parser("figure1", help="Fig. 1: voxel overlap, spectra, baseline Glu")
+    for name in ("--metabolites", "--stats-dir", "--basis-dir", "--pdf", "--png"):
+        p.add_argument(name, required=True)
+    for name in ("--voxel-xfm", "--voxel-mrs", "--spectra", "--fits"):
+        p.add_argument(name, nargs="+", required=True)
+    p.add_argument("--models", type=_json, default=None, help="config 'stats' as JSON")
+    p.add_argument("--fitting", type=_json, default={}, help="fit parameters as JSON")
+    p.set_defaults(func=_figure1)
+
+    p = sub.add_parser("figure2", help="Fig. 2: craving by film and time, group and drug")
+    for name in ("--craving", "--stats-dir", "--pdf", "--png"):
+        p.add_argument(name, required=True)
+    p.add_argument("--models", type=_json, default=None, help="config 'stats' as JSON")
+    p.set_defaults(func=_figure2)
+
+    p = sub.add_parser("figure3", help="Fig. 3: Glu by film, group and drug")
+    for name in ("--metabolites", "--stats-dir", "--pdf", "--png"):
+        p.add_argument(name, required=True)
+    p.add_argument("--models", type=_json, default=None, help="config 'stats' as JSON")
+    p.set_defaults(func=_figure3)
     return ap
 
 

@@ -15,6 +15,8 @@ rule basis:
         ),
     log:
         "results/logs/basis/{name}.log",
+    benchmark:
+        "results/benchmarks/basis/{name}.tsv"
     conda:
         "../../envs/basis.yaml"
     threads: 1

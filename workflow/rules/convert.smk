@@ -8,6 +8,8 @@ rule convert_mrs:
         "results/convert/{pid}/{ses}/mrs/{pid}_{ses}_task-{film}_svs.nii.gz",
     log:
         "results/logs/convert_mrs/{pid}_{ses}_task-{film}.log",
+    benchmark:
+        "results/benchmarks/convert_mrs/{pid}_{ses}_task-{film}.tsv"
     conda:
         "../../envs/convert.yaml"
     threads: 1
@@ -29,6 +31,8 @@ rule convert_mrsref:
         "results/convert/{pid}/{ses}/mrs/{pid}_{ses}_task-{film}_mrsref.nii.gz",
     log:
         "results/logs/convert_mrsref/{pid}_{ses}_task-{film}.log",
+    benchmark:
+        "results/benchmarks/convert_mrsref/{pid}_{ses}_task-{film}.tsv"
     conda:
         "../../envs/convert.yaml"
     threads: 1
@@ -48,6 +52,8 @@ rule convert_t1:
         "results/convert/{pid}/{ses}/anat/{pid}_{ses}_T1w.nii.gz",
     log:
         "results/logs/convert_t1/{pid}_{ses}.log",
+    benchmark:
+        "results/benchmarks/convert_t1/{pid}_{ses}.tsv"
     conda:
         "../../envs/convert.yaml"
     threads: 1

@@ -24,6 +24,8 @@ rule fit:
         ),
     log:
         "results/logs/fit/{pid}_{ses}_task-{film}.log",
+    benchmark:
+        "results/benchmarks/fit/{pid}_{ses}_task-{film}.tsv"
     conda:
         "../../envs/fit.yaml"
     threads: 1

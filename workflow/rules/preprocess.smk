@@ -24,6 +24,8 @@ rule preprocess:
         ),
     log:
         "results/logs/preprocess/{pid}_{ses}_task-{film}.log",
+    benchmark:
+        "results/benchmarks/preprocess/{pid}_{ses}_task-{film}.tsv"
     conda:
         "../../envs/preprocess.yaml"
     threads: 1

@@ -23,6 +23,8 @@ rule quantify:
         craving="results/tables/craving.tsv",
     log:
         "results/logs/quantify/quantify.log",
+    benchmark:
+        "results/benchmarks/quantify/quantify.tsv"
     conda:
         "../../envs/quantify.yaml"
     threads: 1

@@ -11,6 +11,8 @@ rule segment:
         },
     log:
         "results/logs/segment/{pid}_{ses}.log",
+    benchmark:
+        "results/benchmarks/segment/{pid}_{ses}.tsv"
     conda:
         "../../envs/segment.yaml"
     threads: 1
@@ -44,6 +46,8 @@ rule tissue_fractions:
         ),
     log:
         "results/logs/tissue_fractions/{pid}_{ses}_task-{film}.log",
+    benchmark:
+        "results/benchmarks/tissue_fractions/{pid}_{ses}_task-{film}.tsv"
     conda:
         "../../envs/segment.yaml"
     threads: 1

@@ -19,6 +19,8 @@ rule stats:
         ),
     log:
         "results/logs/stats/stats.log",
+    benchmark:
+        "results/benchmarks/stats/stats.tsv"
     conda:
         "../../envs/stats.yaml"
     threads: 1

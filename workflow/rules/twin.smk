@@ -16,6 +16,8 @@ rule twin_sheets:
         ),
     log:
         "results/logs/twin/sheets.log",
+    benchmark:
+        "results/benchmarks/twin/sheets.tsv"
     conda:
         "../../envs/twin.yaml"
     threads: 1
@@ -29,9 +31,27 @@ rule twin_sheets:
         "python -m mrsflow twin-sheets --twin {params.twin:q} --raw-dir {params.raw_dir:q} > {log} 2>&1"
 
 
+rule twin_template:
+    output:
+        temp("results/twin/template.npz"),
+    log:
+        "results/logs/twin/template.log",
+    benchmark:
+        "results/benchmarks/twin_template/template.tsv"
+    conda:
+        "../../envs/twin.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    shell:
+        "python -m mrsflow twin-template --out {output:q} > {log} 2>&1"
+
+
 rule twin_participant:
     input:
         basis=basis_files(),
+        template="results/twin/template.npz",
     output:
         raw=directory(f"{RAW}/{{pid}}"),
         truth=expand(
@@ -40,6 +60,8 @@ rule twin_participant:
         ),
     log:
         "results/logs/twin/{pid}.log",
+    benchmark:
+        "results/benchmarks/twin/{pid}.tsv"
     conda:
         "../../envs/twin.yaml"
     threads: 1
@@ -54,7 +76,7 @@ rule twin_participant:
     shell:
         "python -m mrsflow twin-participant --config {params.config:q} --participant {wildcards.pid}"
         " --raw-dir {params.raw_dir:q} --truth-dir {params.truth_dir:q}"
-        " --basis-dir {params.basis_dir:q}"
+        " --basis-dir {params.basis_dir:q} --template {input.template:q}"
         " > {log} 2>&1"
 
 
@@ -72,6 +94,8 @@ rule twin_truth:
         ),
     log:
         "results/logs/twin/truth.log",
+    benchmark:
+        "results/benchmarks/twin/truth.tsv"
     conda:
         "../../envs/twin.yaml"
     threads: 1

@@ -83,7 +83,7 @@ import importlib.util
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -199,8 +199,42 @@ class _Template:
     brain_bbox_mni: np.ndarray
 
 
+_TEMPLATE_CACHE: list[Path] = []  # set by use_template_cache()
+
+
+def write_template_cache(path: Path) -> Path:
+    """Save the prepared template (the few seconds of loading, sharpening and head building
+    every participant job would otherwise repeat) as an uncompressed .npz."""
+    tpl = _build_template()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.savez(fh, **{f.name: getattr(tpl, f.name) for f in fields(_Template)})
+    return path
+
+
+def use_template_cache(path: Path | None) -> None:
+    """Load the template from ``path`` (written by :func:`write_template_cache`)."""
+    _TEMPLATE_CACHE[:] = [Path(path)] if path else []
+    _template.cache_clear()
+
+
 @lru_cache(maxsize=1)
 def _template() -> _Template:
+    if _TEMPLATE_CACHE:
+        with np.load(_TEMPLATE_CACHE[0]) as z:
+            return _Template(**{f.name: z[f.name] for f in fields(_Template)})
+    return _build_template()
+
+
+def _build_template() -> _Template:
+    # one BLAS thread, as in make_subject_anatomy: the normal equations below round
+    # differently with other thread counts, and the texture (hence every T1) would follow
+    with _blas_single_thread():
+        return _build_template_unthreaded()
+
+
+def _build_template_unthreaded() -> _Template:
     d = _nilearn_data_dir()
 
     def load(name: str) -> tuple[np.ndarray, np.ndarray]:
