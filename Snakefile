@@ -21,6 +21,7 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/quantify.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -30,3 +31,4 @@ rule all:
         twin_outputs(),
         "results/tables/metabolites.tsv",
         "results/stats/summary.md",
+        REPORT_OUTPUTS,

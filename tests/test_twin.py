@@ -88,7 +88,8 @@ def test_design_plants_the_effects(cfg):
     glu = d.concentrations[d.concentrations.metabolite == "Glu"].merge(d.scans)
     base = glu[(glu.film == "neutral") & (glu.drug != "nac")]
     m = base.groupby("group").conc_molal.mean()
-    sd_between = cfg["twin"]["concentrations_molal"]["Glu"][0] * 0.08
+    mean, sd_frac = cfg["twin"]["concentrations_molal"]["Glu"]
+    sd_between = mean * sd_frac
     assert (m["HC"] - m["CUD"]) / sd_between == pytest.approx(0.75, abs=0.1)
     wide = glu.pivot_table(
         index=["participant_id", "session", "group", "drug"], columns="film", values="conc_molal"

@@ -55,7 +55,20 @@ FAMILIES: dict[str, list[str]] = {
     "quantify": ["numpy", "pandas", "pyyaml", "jsonschema"],
     "stats": ["numpy", "scipy", "pandas", "statsmodels", "pyyaml"],
     "figures": ["numpy", "pandas", "matplotlib", "nibabel", "nilearn"],
-    "report": ["pandas", "pyyaml", "nibabel"],
+    "report": [
+        "pandas",
+        "pyyaml",
+        "nibabel",
+        "scipy",
+        "statsmodels",
+        "matplotlib",
+        "jsonschema",
+        "spec2nii",
+        "nifti-mrs",
+        "dcm2niix",
+        "pydicom",
+        "nilearn",
+    ],
 }
 # conda packages from FSL's channel (not on PyPI). FSL-MRS is pinned to the 2.4 series the
 # project is checked against; the exact build comes from the user's FSL channel.
