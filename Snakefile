@@ -21,6 +21,7 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/fit.smk"
 include: "workflow/rules/quantify.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -32,3 +33,4 @@ rule all:
         "results/tables/metabolites.tsv",
         "results/stats/summary.md",
         REPORT_OUTPUTS,
+        expand("results/figures/fig{n}.{ext}", n=[1, 2, 3], ext=["pdf", "png"]),

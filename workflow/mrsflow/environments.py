@@ -54,7 +54,16 @@ FAMILIES: dict[str, list[str]] = {
     "fit": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib", "pyyaml", "threadpoolctl"],
     "quantify": ["numpy", "pandas", "pyyaml", "jsonschema"],
     "stats": ["numpy", "scipy", "pandas", "statsmodels", "pyyaml"],
-    "figures": ["numpy", "pandas", "matplotlib", "nibabel", "nilearn"],
+    "figures": [
+        "numpy",
+        "scipy",
+        "pandas",
+        "matplotlib",
+        "nibabel",
+        "nilearn",
+        "nifti-mrs",
+        "pyyaml",
+    ],
     "report": [
         "pandas",
         "pyyaml",
