@@ -37,11 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mrsflow.errors import InputError
 from mrsflow.vendor import PPM_REFERENCE, RDA_BEGIN, read_spar, validate_spar
 
 __all__ = [
     "ConversionError",
     "convert_spectrum",
+    "check_slice_spacing",
     "convert_t1",
     "detect_format",
     "find_executable",
@@ -57,8 +59,14 @@ MC_ACQ_LABELS = frozenset({"mc"})
 _NII_GZ = ".nii.gz"
 
 
-class ConversionError(RuntimeError):
-    """A converter (spec2nii / dcm2niix) failed or produced unexpected output."""
+class ConversionError(InputError, RuntimeError):
+    """A converter (spec2nii / dcm2niix) failed or produced unexpected output. Almost always
+    caused by the raw file, so it is an :class:`~mrsflow.errors.InputError` (the CLI prints
+    it as one message naming the file, without a traceback)."""
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A raw file or folder named as input does not exist."""
 
 
 # --------------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ def _philips_command(path: Path, out_dir: Path, out_name: str, *, acq: str,
         raise ValueError(f"{path}: n_rows must be a positive integer, got {n_rows!r}")
     if acq.lower() in MC_ACQ_LABELS:
         if n_rows < 2 or n_rows % 2:
-            raise ValueError(
+            raise InputError(
                 f"{path}: metabolite-cycled data needs an even number (>= 2) of SDAT "
                 f"rows (one per transient, cycle alternating), got {n_rows}"
             )
@@ -170,7 +178,7 @@ def _philips_command(path: Path, out_dir: Path, out_name: str, *, acq: str,
 def _rda_command(path: Path, out_dir: Path, out_name: str, *, acq: str,
                  n_rows: int | None, json_sidecar: bool) -> list[str]:
     if acq.lower() in MC_ACQ_LABELS:
-        raise ValueError(
+        raise InputError(
             f"{path}: RDA holds one pre-averaged FID; metabolite-cycled (acq={acq!r}) "
             "data must be exported per transient (Philips SDAT)"
         )
@@ -197,6 +205,34 @@ _VENDORS: tuple[_Vendor, ...] = (
 )
 
 
+def _sdat_hint(path: Path) -> str:
+    """Why a Philips pair was rejected, when the SDAT's size is the reason."""
+    pair = _philips_pair(path)
+    if pair is None or not _looks_like_spar(pair[1]):
+        return ""
+    size = pair[0].stat().st_size
+    if size == 0:
+        return f": {pair[0].name} is empty"
+    if size % 8:
+        return (f": {pair[0].name} has {size} bytes, not a whole number of complex points "
+                "(8 bytes each); the SDAT is truncated or corrupt")
+    return ""
+
+
+def _check_sdat_size(sdat: Path, spar: Path) -> str:
+    """'' if the SDAT holds samples x rows complex points (8 bytes each) as its SPAR
+    declares, else the problem (a truncated SDAT, or a SPAR whose sample count disagrees)."""
+    params = read_spar(spar)
+    samples, rows = params.get("samples"), params.get("rows")
+    size = sdat.stat().st_size
+    expected = int(samples) * int(rows) * 8
+    if size == expected:
+        return ""
+    return (f"{sdat} has {size} bytes but {spar.name} declares samples={samples} x "
+            f"rows={rows} (x 8 bytes = {expected} bytes): the SDAT is truncated or the "
+            "SPAR's sample/row count disagrees with it")
+
+
 def detect_format(path: Path | str) -> str:
     """Identify a raw spectroscopy file: ``"philips"`` (either member of a
     SPAR/SDAT pair) or ``"rda"`` (Siemens).
@@ -206,7 +242,7 @@ def detect_format(path: Path | str) -> str:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such spectroscopy file")
+        raise MissingInputError(f"{path}: no such spectroscopy file")
     for vendor in _VENDORS:
         if vendor.sniff(path):
             return vendor.name
@@ -214,10 +250,10 @@ def detect_format(path: Path | str) -> str:
     if path.suffix.lower() in (".sdat", ".spar") and _philips_pair(path) is None:
         hint = " (Philips SPAR/SDAT pair incomplete: partner file not found)"
     elif path.suffix.lower() in (".sdat", ".spar"):
-        hint = " (Philips SPAR/SDAT pair does not look valid)"
+        hint = " (Philips SPAR/SDAT pair does not look valid" + _sdat_hint(path) + ")"
     elif path.suffix.lower() == ".rda":
         hint = f" (no '{RDA_BEGIN}' line)"
-    raise ValueError(
+    raise InputError(
         f"{path}: unknown spectroscopy file type{hint}; supported: "
         + ", ".join(v.name for v in _VENDORS)
     )
@@ -280,6 +316,14 @@ def _run(cmd: list[str], what: Path, tool: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def _fresh_tmpdir(parent: Path, prefix: str) -> Path:
+    """A private temporary directory for one conversion; leftovers of the same conversion
+    from a killed earlier run (one job owns each output name) are removed first."""
+    for stale in parent.glob(f"{prefix}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+
+
 def convert_spectrum(path: Path | str, out_nii: Path | str, *, acq: str) -> Path:
     """Convert a raw spectrum (Philips SPAR/SDAT or Siemens RDA) to NIfTI-MRS.
 
@@ -295,15 +339,30 @@ def convert_spectrum(path: Path | str, out_nii: Path | str, *, acq: str) -> Path
     out_nii = Path(out_nii)
     stem = _stem_nii_gz(out_nii)
     fmt = detect_format(path)
+    size_problem = ""
     if fmt == "philips":
         pair = _philips_pair(path)
         assert pair is not None
-        validate_spar(read_spar(pair[1]), pair[1])
+        try:
+            validate_spar(read_spar(pair[1]), pair[1])
+        except ValueError as err:  # vendor's parser names the SPAR and the key
+            raise InputError(str(err)) from err
+        size_problem = _check_sdat_size(*pair)
     out_nii.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.spec2nii-", dir=out_nii.parent))
+    tmp = _fresh_tmpdir(out_nii.parent, f".{stem}.spec2nii-")
     try:
         cmd = spec2nii_command(path, tmp, stem, acq=acq, n_rows=None)
-        proc = _run(cmd, path, "spec2nii")
+        try:
+            proc = _run(cmd, path, "spec2nii")
+        except ConversionError as err:
+            if not size_problem:
+                raise
+            # say what it means, then spec2nii's own last word (a numpy reshape error)
+            lines = str(err).splitlines()
+            raise ConversionError(f"{lines[0].rstrip('.')}: {size_problem}\n"
+                                  f"spec2nii said: {lines[-1].strip()}") from err
+        if size_problem:  # spec2nii accepted it: never convert a mis-sized SDAT silently
+            raise InputError(size_problem)
         produced = sorted(tmp.glob(f"*{_NII_GZ}"))
         expected = tmp / f"{stem}{_NII_GZ}"
         if produced != [expected]:
@@ -333,9 +392,12 @@ def convert_t1(dicom_dir: Path | str, out_nii: Path | str) -> Path:
     out_nii = Path(out_nii)
     stem = _stem_nii_gz(out_nii)
     if not dicom_dir.is_dir():
-        raise ValueError(f"{dicom_dir}: not a directory of DICOM files")
+        if not dicom_dir.exists():
+            raise MissingInputError(f"{dicom_dir}: not a directory of DICOM files (not found)")
+        raise InputError(f"{dicom_dir}: not a directory of DICOM files")
+    check_slice_spacing(dicom_dir)
     out_nii.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.dcm2niix-", dir=out_nii.parent))
+    tmp = _fresh_tmpdir(out_nii.parent, f".{stem}.dcm2niix-")
     try:
         cmd = [find_executable("dcm2niix"), "-z", "y", "-b", "y", "-f", stem,
                "-o", str(tmp), str(dicom_dir)]
@@ -355,6 +417,75 @@ def convert_t1(dicom_dir: Path | str, out_nii: Path | str) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_nii
+
+
+def check_slice_spacing(dicom_dir: Path | str, rel_tol: float = 0.05) -> int:
+    """Check that a single-frame DICOM series has no missing slice before converting it
+    (dcm2niix converts a series with a gap, warning only, into a volume whose slice
+    spacing is wrong for part of the brain).
+
+    Slice positions (``ImagePositionPatient`` along the slice normal) must be equally
+    spaced within ``rel_tol`` of the median step, and ``InstanceNumber`` must have no
+    holes. Raises :class:`~mrsflow.errors.InputError` naming the series folder and where
+    the gap is; returns the number of slices. Files that are not DICOM images (or
+    multi-frame/enhanced objects without per-file positions) are left to dcm2niix.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    dicom_dir = Path(dicom_dir)
+    series: dict[str, list[tuple[float, int | None, str]]] = {}
+    for f in sorted(p for p in dicom_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
+            continue
+        ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        if ipp is None or iop is None or len(ipp) != 3 or len(iop) != 6:
+            continue
+        normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+        inst = ds.get("InstanceNumber")
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(
+            (float(np.asarray(ipp, float) @ normal), int(inst) if inst is not None else None,
+             f.name)
+        )
+    n_total = 0
+    for slices in series.values():
+        slices.sort()
+        n_total += len(slices)
+        if len(slices) < 3:
+            continue
+        pos = np.array([s[0] for s in slices])
+        steps = np.diff(pos)
+        step = float(np.median(steps))
+        if step <= 0 or np.any(np.isclose(steps, 0.0, atol=1e-3)):
+            dup = next(i for i, d in enumerate(steps) if abs(d) <= 1e-3)
+            raise InputError(
+                f"{dicom_dir}: DICOM series has two slices at the same position "
+                f"({slices[dup][2]} and {slices[dup + 1][2]}); duplicated or mixed series"
+            )
+        bad = np.flatnonzero(np.abs(steps - step) > rel_tol * step)
+        if len(bad):
+            i = int(bad[0])
+            missing = round(float(steps[i]) / step) - 1
+            what = (f"{missing} missing slice(s)" if missing >= 1
+                    else "unequally spaced slices")
+            raise InputError(
+                f"{dicom_dir}: DICOM series has {what}: slice positions are not equally "
+                f"spaced (step {steps[i]:.3g} mm between {slices[i][2]} and "
+                f"{slices[i + 1][2]}, expected {step:.3g} mm; {len(bad)} irregular "
+                f"gap(s) in {len(slices)} slices); re-export the complete series"
+            )
+        numbers = sorted(s[1] for s in slices if s[1] is not None)
+        if len(numbers) == len(slices):
+            holes = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
+            if holes:
+                raise InputError(
+                    f"{dicom_dir}: DICOM series is missing instance number(s) "
+                    f"{holes[:10]} (between {numbers[0]} and {numbers[-1]}); re-export "
+                    "the complete series"
+                )
+    return n_total
 
 
 # --------------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ import scipy.linalg
 from scipy.ndimage import median_filter
 
 from mrsflow import __version__, nmrs, qc
+from mrsflow.errors import InputError
 
 try:  # optional: small BLAS problems run much faster single-threaded on a busy machine
     from threadpoolctl import threadpool_limits as _threadpool_limits
@@ -587,7 +588,8 @@ def _merge_params(params: dict | None) -> dict:
     p = dict(DEFAULTS)
     for key, value in (params or {}).items():
         if key not in DEFAULTS:
-            raise ValueError(f"unknown preprocessing parameter {key!r}; known: {sorted(DEFAULTS)}")
+            raise InputError(f"config 'preprocess': unknown preprocessing parameter {key!r}; "
+                             f"known: {sorted(DEFAULTS)}")
         p[key] = value
     return p
 
@@ -726,7 +728,8 @@ def preprocess_mc(rows: np.ndarray, dwell_s: float, f0_mhz: float, params: dict 
     tpl_info: dict = {"applied": False}
     method = str(p["mc_water_removal"])
     if method not in ("template", "hlsvd", "template+hlsvd"):
-        raise ValueError("mc_water_removal must be 'template', 'hlsvd' or 'template+hlsvd'")
+        raise InputError("config 'preprocess': mc_water_removal must be 'template', 'hlsvd' or "
+                         "'template+hlsvd'")
     if p["hlsvd"] and "template" in method:
         metab, tpl_info = remove_water_template(
             metab, water, dwell_s, tmax_s=float(p["mc_template_tmax_s"])
@@ -970,6 +973,14 @@ def _rows_from(data: np.ndarray, ext: dict, mode: str) -> np.ndarray:
 write_nifti_mrs = nmrs.write
 
 
+def _input_rows(path: Path, data: np.ndarray, ext: dict, mode: str) -> np.ndarray:
+    """:func:`_rows_from` with a shape problem reported as an InputError naming the file."""
+    try:
+        return _rows_from(data, ext, mode)
+    except ValueError as err:
+        raise InputError(f"{path}: {err}") from err
+
+
 def _timestamp(p: dict) -> str:
     if p.get("timestamp"):
         return str(p["timestamp"])
@@ -1082,16 +1093,21 @@ def run_preprocess(
     f0 = float(ext["SpectrometerFrequency"][0])
     nver = 1 if isinstance(img, nib.Nifti1Image) and not isinstance(img, nib.Nifti2Image) else 2
     if mode == "mc":
-        rows = _rows_from(data, ext, "mc")
+        rows = _input_rows(mrs_nii, data, ext, "mc")
+        if rows.shape[0] % 2:
+            raise InputError(f"{mrs_nii}: MC data need an even number of transients (pairs), "
+                             f"got {rows.shape[0]}")
         res = preprocess_mc(rows, dwell, f0, p)
     elif mode == "classic":
         if water_nii is None:
-            raise ValueError("classic mode needs the water reference (water_nii)")
-        rows = _rows_from(data, ext, "classic")
+            raise InputError(f"{mrs_nii}: classic (water-suppressed) mode needs the water "
+                             "reference (water_nii / --water), none was given")
+        rows = _input_rows(mrs_nii, data, ext, "classic")
         wdata, wext, _, wdwell, _ = read_nifti_mrs(water_nii)
         if not math.isclose(wdwell, dwell, rel_tol=1e-6):
-            raise ValueError("water reference and metabolite data have different dwell times")
-        wrows = _rows_from(wdata, wext, "classic")
+            raise InputError(f"{water_nii}: water reference and metabolite data ({mrs_nii}) "
+                             f"have different dwell times ({wdwell} s vs {dwell} s)")
+        wrows = _input_rows(water_nii, wdata, wext, "classic")
         res = preprocess_classic(rows, wrows, dwell, f0, p)
     else:
         raise ValueError(f"mode must be 'mc' or 'classic', not {mode!r}")

@@ -630,7 +630,9 @@ def _level_mask(series: pd.Series, level: Any) -> pd.Series:
     return mask
 
 
-def _derive(model: str, df: pd.DataFrame, step: dict) -> pd.DataFrame:
+def _derive(model: str, df: pd.DataFrame, step: dict, notes: list | None = None) -> pd.DataFrame:
+    """One derive step (a paired difference); units dropped by ``on_incomplete: drop`` are
+    described in ``notes`` (if given) so the model's rows can say who was left out."""
     over, (la, lb), value, keys, name = (
         step["over"], step["levels"], step["value"], step["keys"], step["name"]
     )
@@ -661,6 +663,12 @@ def _derive(model: str, df: pd.DataFrame, step: dict) -> pd.DataFrame:
             raise _err(model, f"{what} = {value}[{over}={la}] - {value}[{over}={lb}] is paired "
                        f"over {over}: " + "; ".join(desc) + more
                        + "; set on_incomplete: drop to exclude incomplete units")
+        if notes is not None:
+            units = []
+            for key, present in incomplete.items():
+                lack = lb if present == "a" else la
+                units.append(f"{_fmt_key(keys, key)} (no {over}={lack})")
+            notes.append(f"{what}: dropped incomplete " + ", ".join(units))
         keep_keys = levels_present.index[levels_present == "ab"]
         sub = sub.set_index(keys).loc[keep_keys].reset_index()
         if sub.empty:
@@ -682,6 +690,7 @@ def _source_frame(
     filt: str | None,
     derive: list[dict],
     tables: Mapping[str, pd.DataFrame | None],
+    notes: list | None = None,
 ) -> pd.DataFrame:
     df = tables.get(table)
     if df is None:
@@ -691,8 +700,18 @@ def _source_frame(
     df = _merge_participants(model, df, tables.get("participants"), table)
     df = _apply_filter(model, df, filt, table)
     for step in derive:
-        df = _derive(model, df, step)
+        df = _derive(model, df, step, notes)
     return df
+
+
+def _note_dropped(out: pd.DataFrame, notes: list) -> pd.DataFrame:
+    """Prefix every row's note with the units a derive step dropped (if any)."""
+    if not notes:
+        return out
+    text = "; ".join(dict.fromkeys(notes))
+    out = out.copy()
+    out["note"] = [f"{text}; {n}" if n else text for n in out["note"]]
+    return out
 
 
 def _as_categorical(model: str, s: pd.Series, levels: Sequence | None, col: str) -> pd.Series:
@@ -889,6 +908,12 @@ def _formula_frame(spec: dict, df: pd.DataFrame, extra: Sequence[str] = ()):
         raise _err(spec["name"], f"outcome '{y}' must be numeric")
     factors = [f for f in factors if f in spec["formula_columns"]]
     numerics = [c for c in numerics if c != y and c in spec["formula_columns"]]
+    for f in factors:  # a one-level factor has no contrast: patsy drops it or ANOVA fails
+        present = list(frame[f].cat.categories)
+        if len(present) < 2 and f not in spec.get("within", ()):
+            raise _err(spec["name"], f"factor '{f}' has only the level(s) {present} in the "
+                       f"{len(frame)} rows left after filtering; a model term needs at least "
+                       f"2 levels (remove '{f}' from the formula or widen the filter)")
     for c in spec["center"]:
         if c not in numerics:
             raise _err(spec["name"], f"center: '{c}' is not a numeric column of the formula")
@@ -1140,7 +1165,11 @@ def _check_within(spec: dict, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         kept = frame[~frame[g].isin(list(bad))]
         if kept.empty:
             raise _err(name, "no participant has complete within-participant data")
-        return kept, f"dropped incomplete participant(s): {', '.join(map(str, sorted(bad)))}"
+        lacks = [
+            f"{pid} (missing " + " and ".join(_fmt_key(within, m) for m in bad[pid]) + ")"
+            for pid in sorted(bad, key=str)
+        ]
+        return kept, f"dropped incomplete participant(s): {', '.join(lacks)}"
     desc = []
     for pid, missing in list(bad.items())[:5]:
         have = sorted(set(frame.loc[frame[g] == pid, within].itertuples(index=False, name=None)),
@@ -1327,12 +1356,15 @@ def _run_correlation(spec: dict, tables: Mapping[str, pd.DataFrame | None]) -> p
     name = spec["name"]
     xs, ys = spec["x"], spec["y"]
     base = None
+    dropped: list[str] = []
     if not (xs["own"] and ys["own"]):
-        base = _source_frame(name, spec["table"], spec["filter"], spec["derive"], tables)
+        base = _source_frame(name, spec["table"], spec["filter"], spec["derive"], tables,
+                             dropped)
     parts = []
     for src in (xs, ys):
         if src["own"]:
-            parts.append(_source_frame(name, src["table"], src["filter"], src["derive"], tables))
+            parts.append(_source_frame(name, src["table"], src["filter"], src["derive"], tables,
+                                       dropped))
         else:
             parts.append(base)
     xcol, ycol = xs["column"], ys["column"]
@@ -1382,7 +1414,7 @@ def _run_correlation(spec: dict, tables: Mapping[str, pd.DataFrame | None]) -> p
                          p=p, effect_size=r, effect_size_type=es_type, es_ci_low=lo,
                          es_ci_high=hi, n_obs=float(n), n_participants=n_part,
                          note="Fisher-z CI" + (" (Fieller SE)" if method == "spearman" else "")))
-    return _finish(rows)
+    return _note_dropped(_finish(rows), dropped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1407,12 +1439,13 @@ def run_model(
     tables = {"metabolites": metabolites, "craving": craving, "participants": participants}
     if s["kind"] == "correlation":
         return _run_correlation(s, tables)
-    df = _source_frame(s["name"], s["table"], s["filter"], s["derive"], tables)
+    dropped: list[str] = []
+    df = _source_frame(s["name"], s["table"], s["filter"], s["derive"], tables, dropped)
     if s["kind"] == "welch_t":
-        return _run_welch(s, df)
+        return _note_dropped(_run_welch(s, df), dropped)
     if s["kind"] == "ols":
-        return _run_ols(s, df)
-    return _run_mixedlm(s, df)
+        return _note_dropped(_run_ols(s, df), dropped)
+    return _note_dropped(_run_mixedlm(s, df), dropped)
 
 
 def run_all(

@@ -1,0 +1,351 @@
+"""The study as a whole under bad luck: a pure-noise scan, a read-only raw tree, a run killed
+mid-way, and two runs from scratch that must agree to the byte.
+
+One session-scoped set of runs serves every test here (see :func:`study`):
+
+1. a synthetic twin (4 CUD + 2 HC, 20 scans) generates the raw exports only;
+2. its raw folder is copied, one scan's SDAT replaced by complex Gaussian noise of the same
+   shape, the tree checksummed and made read-only (``chmod -R a-w``);
+3. run A: the whole workflow in real-data mode (``data.source: sheets``) on that copy;
+4. run B, at the same time as A: the same from scratch in another directory, killed with
+   SIGKILL (snakemake and its jobs, the whole process group) once the first fit outputs exist
+   and a job is running, then resumed with ``--unlock`` and ``--rerun-incomplete``.
+
+Run B is a complete, independent run from scratch (interrupted or not, it computes every
+output itself), so A == B checks both the resumed run (issue check 3) and determinism (check
+4) without a third full run.
+
+The design has 4 CUD rather than the 3 of ``tests/configs/small.yaml`` because the
+correlation models need at least 4 CUD pairs; the noise scan is a CUD NAC-session scan, so
+only the NAC-vs-placebo model loses a participant (named in its note column). If the
+6-participant twin draws one sex only, one HC's sex is flipped in the copy's
+participants.tsv (the baseline ANCOVA adjusts for sex and now stops, naming the factor, when
+it has a single level).
+
+Running as root, ``chmod a-w`` does not stop writes: the raw tree is then protected only by
+the check itself - SHA-256 of every file plus every file's and folder's mtime and the listing,
+before and after both runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import BIN, ROOT, snakemake
+
+from mrsflow.vendor import vax_f_decode, vax_f_encode
+
+pytestmark = pytest.mark.slow
+
+CONFIG = str(ROOT / "config" / "config.yaml")
+DESIGN = {"twin": {"n_cud": 4, "n_hc": 2}}
+TRACEBACK = "Traceback (most recent call last)"
+# compared byte for byte between the runs: every table and JSON the workflow writes
+# (logs and benchmarks hold times and are excluded)
+COMPARED = (".tsv", ".json", ".md", ".yaml")
+EXCLUDED_DIRS = ("logs", "benchmarks")
+# spec2nii stamps its sidecar (a copy of the NIfTI-MRS header extension) with the wall-clock
+# time of the conversion; it is provenance of the conversion, not a result, and nothing reads
+# it. It is the one key left out of the comparison (the test checks that it is the only one).
+VOLATILE_JSON_KEYS = {"ConversionTime"}
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every file and folder under root: (kind, mtime_ns, size, sha256)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            out[rel] = ("dir", st.st_mtime_ns, 0, "")
+        else:
+            out[rel] = ("file", st.st_mtime_ns, st.st_size,
+                        hashlib.sha256(p.read_bytes()).hexdigest())
+    st = root.stat()
+    out["."] = ("dir", st.st_mtime_ns, 0, "")
+    return out
+
+
+def set_writable(root: Path, writable: bool) -> None:
+    for p in [root, *root.rglob("*")]:
+        mode = p.stat().st_mode
+        bits = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+        os.chmod(p, (mode | stat.S_IWUSR) if writable else (mode & ~bits))
+
+
+def replace_with_noise(sdat: Path, seed: int = 7) -> None:
+    """Complex Gaussian noise of the same shape (and RMS) as the SDAT's data."""
+    values = vax_f_decode(sdat.read_bytes())
+    rms = float(np.sqrt(np.mean(values**2)))
+    noise = np.random.default_rng(seed).normal(0.0, rms, values.size)
+    sdat.write_bytes(vax_f_encode(noise))
+
+
+def sheets_run(workdir: Path, raw: Path, *args: str, **kw):
+    override = workdir.parent / f"{workdir.name}.yaml"
+    override.write_text(yaml.safe_dump({"data": {"source": "sheets", "raw_dir": str(raw)}}))
+    return [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+            "--configfile", CONFIG, str(override), "--cores", "2", *args]
+
+
+def same_content(a: Path, b: Path) -> bool:
+    """Byte-identical, or (spec2nii sidecars) identical but for VOLATILE_JSON_KEYS."""
+    if a.read_bytes() == b.read_bytes():
+        return True
+    if a.suffix != ".json" or "convert" not in a.parts:
+        return False
+    ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+    if not isinstance(ja, dict) or not isinstance(jb, dict):
+        return False
+    return {k: v for k, v in ja.items() if k not in VOLATILE_JSON_KEYS} == {
+        k: v for k, v in jb.items() if k not in VOLATILE_JSON_KEYS}
+
+
+def all_files(results: Path) -> list[str]:
+    """Every file (hidden ones too) outside logs/ and benchmarks/."""
+    return sorted(str(p.relative_to(results)) for p in results.rglob("*")
+                  if p.is_file() and p.relative_to(results).parts[0] not in EXCLUDED_DIRS)
+
+
+def compared_files(results: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(results)) for p in results.rglob("*")
+        if p.is_file() and p.name.endswith(COMPARED)
+        and p.relative_to(results).parts[0] not in EXCLUDED_DIRS
+    )
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("robustness")
+    timings = {}
+
+    # 1. the twin's raw exports (and nothing else)
+    t0 = time.monotonic()
+    twin = base / "twin"
+    (base / "twin.yaml").write_text(yaml.safe_dump(DESIGN))
+    snakemake("results/twin/raw/scans.tsv", "results/twin/truth/concentrations.tsv",
+              "-s", str(ROOT / "Snakefile"), "-d", str(twin), "--configfile", CONFIG,
+              str(base / "twin.yaml"), "--cores", "2", "--quiet", "rules",
+              check=True, timeout=900)
+    timings["twin"] = time.monotonic() - t0
+
+    # 2. a separate raw folder: the twin's, one scan replaced by noise, then read-only
+    raw = base / "raw"
+    shutil.copytree(twin / "results" / "twin" / "raw", raw)
+    sessions = pd.read_csv(raw / "sessions.tsv", sep="\t")
+    nac = sessions[sessions.drug == "nac"].sort_values(["participant_id", "session"]).iloc[0]
+    scans = pd.read_csv(raw / "scans.tsv", sep="\t", keep_default_na=False)
+    row = scans[(scans.participant_id == nac.participant_id) & (scans.session == nac.session)
+                & (scans.film == "cocaine")].iloc[0]
+    replace_with_noise(raw / row.mrs)
+    # the baseline ANCOVA adjusts for sex: a 6-participant twin may draw one sex only
+    part = pd.read_csv(raw / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
+    if part.sex.nunique() < 2:
+        last_hc = part.index[part.group == "HC"][-1]
+        part.loc[last_hc, "sex"] = "F" if part.loc[last_hc, "sex"] == "M" else "M"
+        part.to_csv(raw / "participants.tsv", sep="\t", index=False, lineterminator="\n")
+    noise = SimpleNamespace(participant_id=row.participant_id, session=row.session,
+                            film="cocaine", sdat=raw / row.mrs)
+    before = tree_state(raw)
+    set_writable(raw, False)
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    a, b = base / "A", base / "B"
+    try:
+        # 3. + 4. run A (uninterrupted) and run B (killed, then resumed) side by side: two
+        # independent runs from scratch; running them together keeps both cores busy through
+        # each run's serial stretches (basis, stats, figures, reports)
+        t0 = time.monotonic()
+        with open(base / "A.log", "w") as log_a, open(base / "B.killed.log", "w") as log_b:
+            proc_a = subprocess.Popen(sheets_run(a, raw), stdout=log_a,
+                                      stderr=subprocess.STDOUT, env=env)
+            proc_b = subprocess.Popen(sheets_run(b, raw), stdout=log_b,
+                                      stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)  # its own process group
+            killed = SimpleNamespace(fits=0, incomplete=0, returncode=None)
+            deadline = time.monotonic() + 1800
+            while proc_b.poll() is None and time.monotonic() < deadline:
+                fits = list((b / "results" / "fit").rglob("*_desc-fit.json"))
+                markers = b / ".snakemake" / "incomplete"
+                running = list(markers.iterdir()) if markers.is_dir() else []
+                if fits and running:  # the first fits exist and a job is mid-way
+                    os.killpg(proc_b.pid, signal.SIGKILL)  # snakemake and its jobs
+                    killed.fits, killed.incomplete = len(fits), len(running)
+                    break
+                time.sleep(0.2)
+            killed.returncode = proc_b.wait()
+            unlock = subprocess.run(sheets_run(b, raw, "--unlock"), capture_output=True,
+                                    text=True, env=env, timeout=300)
+            run_b = subprocess.run(sheets_run(b, raw, "--rerun-incomplete"),
+                                   capture_output=True, text=True, env=env, timeout=1800)
+            timings["B"] = time.monotonic() - t0
+            returncode_a = proc_a.wait(timeout=1800)
+            timings["A"] = time.monotonic() - t0
+        run_a = SimpleNamespace(returncode=returncode_a, stdout="",
+                                stderr=(base / "A.log").read_text())
+        after = tree_state(raw)
+        writable_after = [p for p in [raw, *raw.rglob("*")]
+                          if p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)]
+    finally:
+        for proc in ("proc_a", "proc_b"):  # never leave a run behind on failure
+            if proc in locals() and locals()[proc].poll() is None:
+                locals()[proc].kill()
+        set_writable(raw, True)  # let pytest clean up
+    (base / "timings.json").write_text(json.dumps(timings, indent=1))
+    yield SimpleNamespace(base=base, raw=raw, noise=noise, before=before, after=after,
+                          writable_after=writable_after, a=a, b=b, run_a=run_a,
+                          run_b=run_b, unlock=unlock, killed=killed, timings=timings)
+
+
+def _out(proc) -> str:
+    return f"exit {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+
+
+def test_run_completes_on_read_only_raw_with_a_noise_scan(study):
+    assert study.run_a.returncode == 0, _out(study.run_a)
+    for run in (study.a, study.b):
+        res = run / "results"
+        for f in ("tables/metabolites.tsv", "tables/exclusions.tsv", "stats/summary.md",
+                  "stats/all_models.tsv", "verification.tsv", "report/provenance.tsv",
+                  "figures/fig1.png"):
+            assert (res / f).is_file(), f"{run.name}: {f} missing"
+
+
+def test_noise_scan_is_excluded_with_its_reason(study):
+    n = study.noise
+    exc = pd.read_csv(study.a / "results" / "tables" / "exclusions.tsv", sep="\t")
+    hit = exc[(exc.participant_id == n.participant_id) & (exc.session == n.session)
+              & (exc.film == n.film)]
+    assert len(hit) == 1, exc.to_string()
+    reason = hit.iloc[0].reason
+    assert isinstance(reason, str) and reason, exc.to_string()
+    assert "SNR" in reason or "fit failed" in reason or "linewidth" in reason, reason
+    # the noise scan is the only one excluded; the twin's other scans pass QC
+    assert len(exc) == 1, exc.to_string()
+    # it is still reported, flagged, in the metabolite table
+    met = pd.read_csv(study.a / "results" / "tables" / "metabolites.tsv", sep="\t")
+    mine = met[(met.participant_id == n.participant_id) & (met.session == n.session)
+               & (met.film == n.film)]
+    assert len(mine) and not mine.qc_pass.any() and (mine.qc_reason == reason).all()
+    assert met[~((met.participant_id == n.participant_id) & (met.session == n.session)
+                 & (met.film == n.film))].qc_pass.all()
+
+
+def test_paired_model_drops_the_noise_participant_and_says_why(study):
+    n = study.noise
+    stats = pd.read_csv(study.a / "results" / "stats" / "glu_drug_film_cud_lmm.tsv", sep="\t",
+                        keep_default_na=False)
+    contrast = stats[stats.section == "contrast"].iloc[0]
+    assert f"dropped incomplete participant(s): {n.participant_id} (missing drug=nac, " \
+           f"film={n.film})" in contrast.note, contrast.note
+    assert float(contrast.n_participants) == 3.0
+    summary = (study.a / "results" / "stats" / "summary.md").read_text()
+    assert n.participant_id in summary
+    # models that do not need the excluded scan keep every participant
+    group = pd.read_csv(study.a / "results" / "stats" / "glu_group_film_lmm.tsv", sep="\t",
+                        keep_default_na=False)
+    assert "dropped" not in " ".join(group.note)
+    assert float(group[group.section == "contrast"].iloc[0].n_participants) == 6.0
+
+
+def test_raw_tree_is_never_written(study):
+    """SHA-256 of every file, every file's and folder's mtime, sizes and the listing are the
+    same before and after both runs (the killed one included)."""
+    assert study.run_a.returncode == 0, _out(study.run_a)
+    assert study.run_b.returncode == 0, _out(study.run_b)
+    assert set(study.after) == set(study.before)  # no file added or removed
+    changed = [k for k in study.before if study.after[k] != study.before[k]]
+    assert changed == []
+    assert study.writable_after == []  # and it stayed read-only throughout
+
+
+def test_run_succeeds_on_a_read_only_raw_tree(study):
+    """As a normal user, any write into the read-only raw tree would have failed the run."""
+    if os.geteuid() == 0:
+        pytest.skip("running as root: chmod a-w does not stop root's writes, so the raw tree "
+                    "is checked by checksums and mtimes only (test_raw_tree_is_never_written)")
+    assert study.run_a.returncode == 0, _out(study.run_a)
+    assert study.run_b.returncode == 0, _out(study.run_b)
+
+
+def test_killed_run_resumes_to_identical_results(study):
+    k = study.killed
+    assert k.returncode == -signal.SIGKILL, f"the run was not killed mid-way: {vars(k)}"
+    assert k.fits >= 1 and k.incomplete >= 1, vars(k)
+    assert study.unlock.returncode == 0, _out(study.unlock)
+    assert study.run_b.returncode == 0, _out(study.run_b)
+    assert TRACEBACK not in study.run_b.stdout + study.run_b.stderr
+    a, b = study.a / "results", study.b / "results"
+    tables = sorted(p.relative_to(a) for d in ("tables", "stats") for p in (a / d).glob("*.tsv"))
+    assert len(tables) >= 14, tables
+    for rel in tables:
+        assert (b / rel).read_bytes() == (a / rel).read_bytes(), f"{rel} differs after resume"
+    # nothing left behind by the killed jobs (partial outputs, converter temp folders)
+    assert all_files(b) == all_files(a)
+
+
+def test_two_runs_from_scratch_are_byte_identical(study):
+    """Every TSV, JSON, Markdown and YAML under results/ (not logs/benchmarks): no timestamps,
+    no absolute working-directory paths, no unordered iteration, single-threaded BLAS."""
+    assert study.run_b.returncode == 0, _out(study.run_b)
+    a, b = study.a / "results", study.b / "results"
+    files_a, files_b = compared_files(a), compared_files(b)
+    assert files_a == files_b
+    assert len(files_a) > 100, files_a
+    differ = [f for f in files_a if not same_content(a / f, b / f)]
+    assert differ == [], differ
+    volatile = [f for f in files_a if (a / f).read_bytes() != (b / f).read_bytes()]
+    assert all(f.startswith("convert/") and f.endswith("_svs.json") for f in volatile), volatile
+
+
+def test_participant_with_one_film_is_dropped_from_paired_models(study, tmp_path):
+    """Decision (see test_bad_input.py): a participant scanned during one film only is kept
+    and reported; the paired models leave them out and say so. With on_incomplete: error the
+    stats step instead stops naming the participant and what is missing."""
+    tables = study.a / "results" / "tables"
+    met = pd.read_csv(tables / "metabolites.tsv", sep="\t", keep_default_na=False)
+    hc = sorted(met[met.group == "HC"].participant_id.unique())[0]
+    met = met[~((met.participant_id == hc) & (met.film == "cocaine"))]
+    met.to_csv(tmp_path / "metabolites.tsv", sep="\t", index=False)
+    cfg = yaml.safe_load(Path(CONFIG).read_text())["stats"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "workflow")}
+
+    def run_stats(stats_cfg, out):
+        return subprocess.run(
+            [sys.executable, "-m", "mrsflow", "stats", "--stats", json.dumps(stats_cfg),
+             "--metabolites", str(tmp_path / "metabolites.tsv"),
+             "--craving", str(tables / "craving.tsv"),
+             "--participants", str(study.raw / "participants.tsv"),
+             "--out-dir", str(tmp_path / out), "--summary", str(tmp_path / out / "summary.md")],
+            capture_output=True, text=True, env=env, timeout=600)
+
+    cfg["models"] = [m for m in cfg["models"] if m["name"] == "glu_group_film_lmm"]
+    assert cfg["models"][0]["on_incomplete"] == "drop"
+    proc = run_stats(cfg, "drop")
+    assert proc.returncode == 0, proc.stderr
+    res = pd.read_csv(tmp_path / "drop" / "glu_group_film_lmm.tsv", sep="\t",
+                      keep_default_na=False)
+    row = res[res.term == "film_in_HC"].iloc[0]
+    assert f"dropped incomplete participant(s): {hc} (missing film=cocaine)" in row.note
+    assert float(row.n_participants) == 5.0
+
+    cfg["models"][0]["on_incomplete"] = "error"
+    proc = run_stats(cfg, "error")
+    assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
+    assert (f"mrsflow stats: error: model 'glu_group_film_lmm': paired over ['film']: "
+            f"participant {hc} has only film=neutral (missing film=cocaine)") in proc.stderr
