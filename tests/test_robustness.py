@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -95,11 +96,11 @@ def replace_with_noise(sdat: Path, seed: int = 7) -> None:
     sdat.write_bytes(vax_f_encode(noise))
 
 
-def sheets_run(workdir: Path, raw: Path, *args: str, **kw):
+def sheets_run(workdir: Path, raw: Path, *args: str, configs: tuple[Path, ...] = ()):
     override = workdir.parent / f"{workdir.name}.yaml"
     override.write_text(yaml.safe_dump({"data": {"source": "sheets", "raw_dir": str(raw)}}))
     return [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-            "--configfile", CONFIG, str(override), "--cores", "2", *args]
+            "--configfile", CONFIG, str(override), *map(str, configs), "--cores", "2", *args]
 
 
 def same_content(a: Path, b: Path) -> bool:
@@ -349,3 +350,30 @@ def test_participant_with_one_film_is_dropped_from_paired_models(study, tmp_path
     assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
     assert (f"mrsflow stats: error: model 'glu_group_film_lmm': paired over ['film']: "
             f"participant {hc} has only film=neutral (missing film=cocaine)") in proc.stderr
+
+
+# what a statistics setting may rerun: the statistics and everything downstream of them
+DOWNSTREAM_OF_STATS = {"stats", "figure1", "figure2", "figure3", "verification",
+                       "twin_recovery", "mrsinmrs", "provenance", "qc_scans", "all"}
+
+
+def test_changing_a_statistics_setting_reruns_only_stats_figures_and_report(study, tmp_path):
+    """On the finished run A: a no-op dry run plans nothing; changing one statistics setting
+    plans the stats rule and what is downstream of it (figures, report tables), never a
+    conversion, preprocessing, segmentation or fit."""
+    a = study.a
+    noop = subprocess.run(sheets_run(a, study.raw, "-n", "--quiet", "rules"),
+                          capture_output=True, text=True, timeout=300)
+    assert noop.returncode == 0, _out(noop)
+    assert "Nothing to be done" in noop.stdout + noop.stderr, _out(noop)
+
+    cfg = yaml.safe_load(Path(CONFIG).read_text())
+    stats = {"stats": {**cfg["stats"], "alpha": 0.01}}
+    extra = tmp_path / "alpha.yaml"
+    extra.write_text(yaml.safe_dump(stats))
+    proc = subprocess.run(sheets_run(a, study.raw, "-n", "--quiet", "rules", configs=(extra,)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, _out(proc)
+    planned = set(re.findall(r"^(\w+)\s+\d+$", proc.stdout, flags=re.M)) - {"total"}
+    assert "stats" in planned, proc.stdout
+    assert planned <= DOWNSTREAM_OF_STATS, planned - DOWNSTREAM_OF_STATS
