@@ -50,7 +50,7 @@ fi
 chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
-pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmctld >/dev/null || slurmctld -c  # -c: a fresh queue, no jobs restored from a saved state
 pgrep -x slurmd >/dev/null || slurmd
 
 for _ in $(seq 1 30); do

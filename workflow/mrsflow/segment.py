@@ -527,7 +527,7 @@ def run_fast(t1_nii: Path, out_prefix: Path) -> Segmentation:
     mask_img = nib.load(_find_image(out_prefix.parent / (out_prefix.name + "_brain_mask")))
     mask = np.asanyarray(mask_img.dataobj) > 0
     pve = [
-        np.asarray(nib.load(_find_image(Path(f"{out_prefix}_pve_{k}"))).get_fdata(), np.float32)
+        nib.load(_find_image(Path(f"{out_prefix}_pve_{k}"))).get_fdata(dtype=np.float32)
         for k in range(3)
     ]
     stack = np.clip(np.stack(pve), 0.0, 1.0) * mask
@@ -811,7 +811,7 @@ def run_segment(
 def load_segmentation(seg_paths: Mapping[str, Path]) -> tuple[Segmentation, np.ndarray]:
     """Read the maps written by ``run_segment`` (returns the segmentation and its affine)."""
     imgs = {k: nib.load(Path(v)) for k, v in seg_paths.items()}
-    maps = {k: np.asarray(imgs[k].get_fdata(), np.float32) for k in ("GM", "WM", "CSF")}
+    maps = {k: imgs[k].get_fdata(dtype=np.float32) for k in ("GM", "WM", "CSF")}
     mask = np.asanyarray(imgs["mask"].dataobj) > 0
     return Segmentation(maps["GM"], maps["WM"], maps["CSF"], mask), imgs["GM"].affine
 
