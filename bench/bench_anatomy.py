@@ -20,19 +20,13 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path)
 
 from mrsflow.twin import anatomy as A  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return f"{cpu}; {os.cpu_count()} CPUs; Python {platform.python_version()}; {platform.system()}"
 
 

@@ -25,6 +25,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path)
 
 from mrsflow import basis as B  # noqa: E402
 
@@ -32,14 +33,7 @@ STUDY = B.Sequence(f0_mhz=127.8, te1_ms=12.0, te2_ms=18.0, dwell_s=1 / 2000, npo
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (
         f"{platform.platform()} | {cpu} | os.cpu_count()={os.cpu_count()} | "
         f"Python {platform.python_version()} | numpy {np.__version__} | "

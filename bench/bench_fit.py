@@ -21,6 +21,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path)
 
 from mrsflow.basis import Basis, Sequence, simulate_basis  # noqa: E402
 from mrsflow.fit import fit_spectrum  # noqa: E402
@@ -40,15 +41,7 @@ GAUSS_C = math.pi**2 / (4.0 * math.log(2.0))
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (
         f"{cpu}; {os.cpu_count()} logical CPUs (benchmark uses 1 thread); "
         f"{platform.system()} {platform.release()}; Python {platform.python_version()}, "

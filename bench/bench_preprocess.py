@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path)
 
 from mrsflow import preprocess as P
 from mrsflow.twin import spectra as S
@@ -35,14 +36,7 @@ CONC = {
 
 
 def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import scipy
 
     info = {

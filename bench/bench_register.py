@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
+from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path)
 
 from mrsflow import register as R  # noqa: E402
 from mrsflow.twin.anatomy import make_subject_anatomy  # noqa: E402
@@ -33,14 +34,7 @@ ACCUMBENS_MNI = np.array([[-10.0, 12.0, -8.0]])
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{cpu}; {os.cpu_count()} CPUs; load average {load}; "
             f"Python {platform.python_version()}; {platform.system()}")

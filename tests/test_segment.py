@@ -201,7 +201,7 @@ def test_real_t1_sanity_mni152_template():
     """On a real (non-synthetic) T1, the MNI152 template image itself (skull-stripped, so
     brain extraction must keep its zeros out), the builtin segmentation agrees with the
     template's own tissue probability maps."""
-    d = A._nilearn_data_dir()
+    d = A.nilearn_data_dir()
 
     def load(name):
         img = nib.load(d / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")

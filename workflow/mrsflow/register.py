@@ -57,7 +57,6 @@ a median error of 0.5 mm (max 1.0 mm, 36 scans). About 1-2 s per T1 on one core,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -70,6 +69,7 @@ from scipy import ndimage as ndi
 from scipy import optimize
 
 from mrsflow.errors import InputError
+from mrsflow.mni import nilearn_data_dir
 
 TEMPLATE_NAME = "MNI152NLin2009aSym"
 TEMPLATE_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -83,13 +83,6 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 # template
 
 
-def _nilearn_data_dir() -> Path:
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("nilearn is needed for the MNI152 template (pip install nilearn)")
-    return Path(spec.origin).parent / "datasets" / "data"
-
-
 @dataclass(frozen=True)
 class Template:
     data: np.ndarray  # float32, max 1, 0 outside the brain
@@ -100,7 +93,7 @@ class Template:
 @lru_cache(maxsize=1)
 def mni_template() -> Template:
     """The MNI152 2009a template (1 mm), scaled to max 1, and its brain mask (> 0.2)."""
-    img = nib.load(_nilearn_data_dir() / TEMPLATE_FILE)
+    img = nib.load(nilearn_data_dir() / TEMPLATE_FILE)
     data = np.asarray(img.dataobj, dtype=np.float32)
     data /= float(data.max())
     mask = data > TEMPLATE_MASK_THRESHOLD

@@ -79,7 +79,6 @@ Rician noise (sigma 3 % of WM) are applied; intensities are in scanner units (WM
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -90,6 +89,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
+
+from mrsflow.mni import nilearn_data_dir
 
 # tissue intensities relative to WM = 1 (3 T MPRAGE-like)
 MU = {"csf": 0.25, "gm": 0.65, "wm": 1.0}
@@ -179,13 +180,6 @@ class SubjectAnatomy:
 # template data (cached per process)
 
 
-def _nilearn_data_dir() -> Path:
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("nilearn is needed for the MNI152 template (pip install nilearn)")
-    return Path(spec.origin).parent / "datasets" / "data"
-
-
 @dataclass(frozen=True)
 class _Template:
     affine: np.ndarray  # 1 mm MNI grid
@@ -235,7 +229,7 @@ def _build_template() -> _Template:
 
 
 def _build_template_unthreaded() -> _Template:
-    d = _nilearn_data_dir()
+    d = nilearn_data_dir()
 
     def load(name: str) -> tuple[np.ndarray, np.ndarray]:
         img = nib.load(d / f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")
