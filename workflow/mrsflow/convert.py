@@ -219,10 +219,10 @@ def _sdat_hint(path: Path) -> str:
     return ""
 
 
-def _check_sdat_size(sdat: Path, spar: Path) -> str:
+def _check_sdat_size(sdat: Path, spar: Path, params: dict) -> str:
     """'' if the SDAT holds samples x rows complex points (8 bytes each) as its SPAR
-    declares, else the problem (a truncated SDAT, or a SPAR whose sample count disagrees)."""
-    params = read_spar(spar)
+    (``params``, already read) declares, else the problem (a truncated SDAT, or a SPAR whose
+    sample count disagrees)."""
     samples, rows = params.get("samples"), params.get("rows")
     size = sdat.stat().st_size
     expected = int(samples) * int(rows) * 8
@@ -344,10 +344,11 @@ def convert_spectrum(path: Path | str, out_nii: Path | str, *, acq: str) -> Path
         pair = _philips_pair(path)
         assert pair is not None
         try:
-            validate_spar(read_spar(pair[1]), pair[1])
+            params = read_spar(pair[1])
+            validate_spar(params, pair[1])
         except ValueError as err:  # vendor's parser names the SPAR and the key
             raise InputError(str(err)) from err
-        size_problem = _check_sdat_size(*pair)
+        size_problem = _check_sdat_size(*pair, params)
     out_nii.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmpdir(out_nii.parent, f".{stem}.spec2nii-")
     try:
