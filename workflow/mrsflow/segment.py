@@ -61,11 +61,13 @@ these three keys to be present and sum to 1 and ignores others); our extra field
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,6 +77,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from mrsflow import qcpage
 from mrsflow.errors import InputError
 
 TISSUES = ("csf", "gm", "wm")
@@ -143,17 +146,96 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(c[np.argmax(w0 * w1 * (mu0 - mu1) ** 2)])
 
 
+def _finite32(data: np.ndarray) -> np.ndarray:
+    """``data`` as float32 with NaN/inf replaced (``np.nan_to_num``); no copy when it is
+    already a finite float32 array."""
+    data = np.asarray(data, np.float32)
+    return data if np.isfinite(data).all() else np.nan_to_num(data)
+
+
+def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the bounding box of a non-empty mask, grown by ``margin`` voxels (clipped
+    to the array)."""
+    out = []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        out.append(slice(max(int(hit[0]) - margin, 0),
+                         min(int(hit[-1]) + 1 + margin, mask.shape[ax])))
+    return tuple(out)
+
+
 def _block_mean(data: np.ndarray, f: tuple[int, ...]) -> np.ndarray:
-    shp = tuple(s // k for s, k in zip(data.shape, f, strict=True))
-    d = data[: shp[0] * f[0], : shp[1] * f[1], : shp[2] * f[2]]
-    return d.reshape(shp[0], f[0], shp[1], f[1], shp[2], f[2]).mean(axis=(1, 3, 5))
+    """float32 mean over non-overlapping f[0] x f[1] x f[2] blocks (a trailing partial
+    block is dropped), one axis at a time: each pass reads its input once, with no
+    reshaped copy of the whole image."""
+    out = data
+    for ax, k in enumerate(f):
+        if k == 1:
+            continue
+        n = out.shape[ax] // k
+        sl = [slice(None)] * out.ndim
+        acc = None
+        for o in range(k):
+            sl[ax] = slice(o, o + n * k, k)
+            acc = out[tuple(sl)].astype(np.float32) if acc is None else acc + out[tuple(sl)]
+        out = acc
+    return out / np.float32(np.prod(f)) if out is not data else out
+
+
+def _upsample_region(small: np.ndarray, box: tuple[slice, ...], f: tuple[int, ...],
+                     shape: tuple[int, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Trilinear interpolation (on the block centres) of a binary low-resolution mask that
+    is empty outside ``box``, thresholded at 0.5, computed only where it can be non-zero:
+    returns the full-resolution slices and the mask there."""
+    sub = np.pad(small[box], 1).astype(np.float32)  # index j <-> low-res index a - 1 + j
+    out_box = []
+    for ax, (sl, k) in enumerate(zip(box, f, strict=True)):
+        n_low = small.shape[ax]
+        start = sl.start * k
+        stop = sl.stop * k if sl.stop < n_low else shape[ax]  # trailing voxels copy the edge
+        c = np.clip((np.arange(start, stop) + 0.5) / k - 0.5, 0, n_low - 1)
+        i0 = np.floor(c).astype(int)
+        i1 = np.minimum(i0 + 1, n_low - 1)
+        w = (c - i0).astype(np.float32)
+        j0, j1 = i0 - sl.start + 1, i1 - sl.start + 1
+        bshape = [1, 1, 1]
+        bshape[ax] = -1
+        sub = np.take(sub, j0, axis=ax) * (1 - w).reshape(bshape) + np.take(
+            sub, j1, axis=ax) * w.reshape(bshape)
+        out_box.append(slice(start, stop))
+    return tuple(out_box), sub > 0.5
+
+
+def _closing(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
+    """``ndi.binary_closing(mask, ball)`` (outside the array = background) for a
+    symmetric structuring element, by counting the mask voxels under the ball with an FFT
+    convolution: a voxel is in the dilation when the count is >= 1, in the erosion (of
+    the dilation) when it is |ball|. Float32 rounding of the counts is ~1e-4 here,
+    far from the 0.5 margins, so the result is the same, several times faster than
+    ``binary_closing`` for the 8 mm ball (257 voxels at 2 mm)."""
+    from scipy import fft
+
+    shape = [fft.next_fast_len(s + k - 1, True) for s, k in zip(mask.shape, ball.shape,
+                                                                 strict=True)]
+    kernel = fft.rfftn(ball.astype(np.float32), shape)
+    same = tuple(slice(k // 2, k // 2 + s) for s, k in zip(mask.shape, ball.shape,
+                                                           strict=True))
+
+    def count(x):
+        return fft.irfftn(fft.rfftn(x.astype(np.float32), shape) * kernel, shape)[same]
+
+    return count(count(mask) > 0.5) > ball.sum() - 0.5
 
 
 def extract_brain(
     data: np.ndarray, affine: np.ndarray, *, erode_mm: float = 4.0, close_mm: float = 8.0
 ) -> np.ndarray:
-    """Brain mask (bool, on the input grid) by thresholding and morphology (see module doc)."""
-    data = np.nan_to_num(np.asarray(data, np.float32))
+    """Brain mask (bool, on the input grid) by thresholding and morphology (see module doc).
+
+    The morphology after the erosion runs on the bounding box of the largest component
+    (plus the reach of each operation), and the mask is upsampled only there: the same
+    result as on the whole ~2 mm grid, at a fraction of the cost."""
+    data = _finite32(data)
     vox = _voxel_sizes(affine)
     f = tuple(max(1, int(round(2.0 / v))) for v in vox)
     small = _block_mean(data, f)
@@ -169,31 +251,28 @@ def extract_brain(
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     core = lab == int(np.argmax(sizes))
-    # geodesic dilation back inside the tissue mask
-    step = _ball(np.ones(3) * 1.0)
-    for _ in range(int(np.ceil(erode_mm / svox.min())) + 1):
-        core = ndi.binary_dilation(core, structure=step) & tissue
+    del lab, eroded
+    # geodesic dilation back inside the tissue mask: n_grow 6-neighbour steps reach at most
+    # n_grow voxels beyond the core's box; one more voxel of margin leaves a background
+    # ring, so the hole filling and the closing (which stays inside the box of its input)
+    # give the same result on the crop as on the whole grid
+    n_grow = int(np.ceil(erode_mm / svox.min())) + 1
+    box = _bbox(core, n_grow + 1)
+    core = ndi.binary_dilation(core[box], structure=_ball(np.ones(3)), iterations=n_grow,
+                               mask=tissue[box])
     core = ndi.binary_fill_holes(core)
     pad = int(np.ceil(close_mm / svox.min())) + 1
-    closed = ndi.binary_closing(np.pad(core, pad), structure=_ball(close_mm / svox))
+    closed = _closing(np.pad(core, pad), _ball(close_mm / svox))
     closed = ndi.binary_fill_holes(closed[pad:-pad, pad:-pad, pad:-pad])
 
-    # back to the input grid (trilinear on the block centres)
-    coords = [(np.arange(s) + 0.5) / k - 0.5 for s, k in zip(data.shape, f, strict=True)]
-    up = closed.astype(np.float32)
-    for ax, c in enumerate(coords):
-        c = np.clip(c, 0, up.shape[ax] - 1)
-        i0 = np.floor(c).astype(int)
-        i1 = np.minimum(i0 + 1, up.shape[ax] - 1)
-        w = (c - i0).astype(np.float32)
-        shape = [1, 1, 1]
-        shape[ax] = -1
-        up = np.take(up, i0, axis=ax) * (1 - w).reshape(shape) + np.take(
-            up, i1, axis=ax
-        ) * w.reshape(shape)
-    mask = up > 0.5
-    if np.mean(data == 0) > 0.2:  # an already skull-stripped/masked image: keep its zeros out
-        mask &= data > 0
+    # back to the input grid (trilinear on the block centres), only around the brain
+    full = np.zeros(small.shape, bool)
+    full[box] = closed
+    fbox, up = _upsample_region(full, box, f, data.shape)
+    mask = np.zeros(data.shape, bool, order="F")  # NIfTI order, as it will be written
+    mask[fbox] = up
+    if np.count_nonzero(data == 0) > 0.2 * data.size:  # already skull-stripped/masked image:
+        mask &= data > 0  # keep its zeros out
     return mask
 
 
@@ -289,45 +368,116 @@ def _lsq(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.linalg.solve(g, x.T @ t.astype(np.float64))
 
 
+def _poly_exponents(order: int) -> list[tuple[int, int, int]]:
+    """Exponents (a, b, c) of the monomials x^a y^b z^c, a+b+c <= order, in term order."""
+    return [(a, b, c) for a in range(order + 1) for b in range(order + 1 - a)
+            for c in range(order + 1 - a - b)]
+
+
 def _poly_terms(xyz: np.ndarray, order: int = 3) -> np.ndarray:
     """(N, n_terms) float32 monomials x^a y^b z^c, a+b+c <= order, of coordinates in
     [-1, 1]."""
-    n_terms = sum(1 for a in range(order + 1) for b in range(order + 1 - a)
-                  for _ in range(order + 1 - a - b))
-    out = np.empty((len(xyz), n_terms), np.float32)
-    j = 0
-    for a in range(order + 1):
-        for b in range(order + 1 - a):
-            for c in range(order + 1 - a - b):
-                out[:, j] = xyz[:, 0] ** a * xyz[:, 1] ** b * xyz[:, 2] ** c
-                j += 1
+    exps = _poly_exponents(order)
+    out = np.empty((len(xyz), len(exps)), np.float32)
+    for j, (a, b, c) in enumerate(exps):
+        out[:, j] = xyz[:, 0] ** a * xyz[:, 1] ** b * xyz[:, 2] ** c
     return out
 
 
-def _neighbour_mean(q: np.ndarray, flat: np.ndarray, pshape, count) -> np.ndarray:
-    """Mean of (N, G) label posteriors over the in-mask 6-neighbours of each voxel; flat are
-    the voxels' flat indices into a zero-padded volume of shape pshape."""
-    g = q.shape[1]
-    vol = np.zeros((g, int(np.prod(pshape))), np.float32)
-    vol[:, flat] = q.T
-    vol = vol.reshape(g, *pshape)
-    acc = np.zeros((g, *(s - 2 for s in pshape)), np.float32)
-    c = slice(1, -1)
-    acc += vol[:, :-2, c, c]
-    acc += vol[:, 2:, c, c]
-    acc += vol[:, c, :-2, c]
-    acc += vol[:, c, 2:, c]
-    acc += vol[:, c, c, :-2]
-    acc += vol[:, c, c, 2:]
-    del vol
-    # gather at the voxels (their flat index in the unpadded interior)
-    out = np.empty_like(q)
-    ijk = np.unravel_index(flat, pshape)
-    sub = np.ravel_multi_index(tuple(i - 1 for i in ijk), tuple(s - 2 for s in pshape))
-    acc = acc.reshape(g, -1)
-    for k in range(g):
-        out[:, k] = acc[k, sub] / count
-    return out
+def _box_coords(shape) -> list[np.ndarray]:
+    """Normalised coordinates in [-1, 1] of the voxels of a box, per axis."""
+    return [np.arange(s) / max(s - 1, 1) * 2 - 1 for s in shape]
+
+
+def _poly_field(coef: np.ndarray, shape, order: int) -> np.ndarray:
+    """sum_j coef[j] * term_j (the ``_poly_terms`` monomials of ``_box_coords``) on the
+    whole box, float32. Evaluated separably: the (order + 1)^3 coefficient tensor is
+    contracted with the per-axis powers, the last step a single matrix product."""
+    pw = [np.stack([u**k for k in range(order + 1)]) for u in _box_coords(shape)]
+    c = np.zeros((order + 1,) * 3)
+    for cj, (a, b, k) in zip(coef, _poly_exponents(order), strict=True):
+        c[a, b, k] = cj
+    g = np.einsum("bj,ck,abc->ajk", pw[1], pw[2], c).reshape(order + 1, -1)
+    return (pw[0].T.astype(np.float32) @ g.astype(np.float32)).reshape(shape)
+
+
+def _neighbours(flat: np.ndarray, pshape) -> np.ndarray:
+    """(n, 6) int32: the position in the voxel list of each voxel's 6 neighbours, n where
+    the neighbour is not a voxel. ``flat`` are the voxels' ascending flat indices into a
+    zero-padded volume of shape ``pshape``; the columns are in ascending order."""
+    n = len(flat)
+    rank = np.full(int(np.prod(pshape)), n, np.int32)
+    rank[flat] = np.arange(n, dtype=np.int32)
+    sy, sx = pshape[2], pshape[1] * pshape[2]
+    nbr = np.empty((n, 6), np.int32)
+    for j, off in enumerate((-sx, -sy, -1, 1, sy, sx)):
+        nbr[:, j] = rank[flat + off]
+    return nbr
+
+
+def _neighbour_mean_operator(nbr: np.ndarray):
+    """Sparse (n, n) float32 operator: (A @ q)[i] = mean of q over the voxel's neighbours
+    (0 for a voxel without any)."""
+    from scipy import sparse
+
+    n = len(nbr)
+    valid = nbr < n
+    count = sum(valid[:, j].astype(np.int32) for j in range(nbr.shape[1]))
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(count, out=indptr[1:])
+    data = np.repeat((1.0 / np.maximum(count, 1)).astype(np.float32), count)
+    return sparse.csr_matrix((data, nbr[valid], indptr), shape=(n, n))
+
+
+def _group_tables(y: np.ndarray, mu, var, groups, fracs) -> tuple[np.ndarray, np.ndarray]:
+    """Per voxel: the likelihood of each of the five label groups, (n, 5) float32 relative
+    to the largest (equal component weights within a group), and the mean fraction of the
+    first tissue in the CSF/GM and GM/WM groups, (n, 2) float32.
+
+    Both depend on the intensity only, so they are computed in float64 on a grid over
+    the intensity range (step h = sd_min / 100) and linearly interpolated (error
+    |f''| h^2 / 8, ~1e-5 of the log likelihood of a pure class, f'' = -1/var): on
+    twin-like intensities the group posteriors are within 2e-5 of the direct per-voxel
+    computation and the fractions within 1e-6."""
+    from scipy.special import logsumexp
+
+    m, v, _, _ = _components(mu, var)
+    lo, hi = float(y.min()), float(y.max())
+    hi = max(hi, lo + 1e-6 * max(abs(lo), 1.0))
+    k = int(min(np.ceil((hi - lo) / (np.sqrt(v.min()) / 100)), 100_000)) + 1
+    grid = np.linspace(lo, hi, max(k, 2))
+    ll = (-0.5 * (grid[:, None] - m) ** 2 / v - 0.5 * np.log(2 * np.pi * v)
+          + _comp_log_prior(np.full(5, 0.2), groups))
+    first = fracs[np.arange(len(groups)), np.where(groups == 3, 1, 0)]
+    log_lg = np.stack([logsumexp(ll[:, groups == g], axis=1) for g in range(5)], axis=1)
+    fmix = np.stack([np.exp(ll[:, groups == g] - log_lg[:, g:g + 1]) @ first[groups == g]
+                     for g in (1, 3)], axis=1)
+    log_lg -= log_lg.max(axis=1, keepdims=True)  # a common shift per voxel cancels later
+
+    # linear interpolation, all in float32: value at i0 + slope to i0 + 1 times w
+    pos = (y - np.float32(lo)) * np.float32((len(grid) - 1) / (hi - lo))
+    i0 = np.minimum(np.floor(pos), np.float32(len(grid) - 2))
+    w = (pos - i0)[:, None]
+    i0 = i0.astype(np.intp)
+    out = []
+    for tab in (log_lg, fmix):
+        val = np.take(tab.astype(np.float32), i0, axis=0)
+        val += np.take(np.diff(tab, axis=0).astype(np.float32), i0, axis=0) * w
+        out.append(val)
+    return np.exp(out[0], out=out[0]), out[1]
+
+
+def _to_volume(values: np.ndarray, mb: np.ndarray, box, shape, fill: float = 0.0):
+    """Scatter voxel values (ordered as ``np.nonzero(mb)``) into a float32 volume of
+    ``shape`` (``mb`` is the mask on the ``box`` slices). Fortran order, the NIfTI byte
+    order, so that writing the map needs no transposed copy."""
+    tmp = np.full(mb.shape, fill, np.float32)
+    tmp[mb] = values
+    vol = np.zeros(shape, np.float32, order="F")  # calloc: untouched pages cost nothing
+    if fill:
+        vol += np.float32(fill)
+    vol[box] = tmp
+    return vol
 
 
 def segment_t1(
@@ -357,38 +507,45 @@ def segment_t1(
 
 def _segment_t1(data, affine, *, seed, brain_mask, mrf_beta, mrf_iterations, bias_order,
                 subsample, tied) -> Segmentation:
-    data = np.nan_to_num(np.asarray(data, np.float32))
+    """The model of the module docstring, on the brain voxels only (float32 vectors in
+    C order of the brain's bounding box; neighbours through an index table)."""
+    data = _finite32(data)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"segment_t1 needs a 3D image, got shape {data.shape}")
     rng = np.random.default_rng(seed)
     mask = extract_brain(data, affine) if brain_mask is None else np.asarray(brain_mask, bool)
-    idx = np.nonzero(mask)
-    lo = np.array([i.min() for i in idx])
-    hi = np.array([i.max() for i in idx]) + 1
-    shape = tuple(hi - lo)
-    loc = tuple(i - l for i, l in zip(idx, lo, strict=True))
-    raw = np.maximum(data[idx], 1e-3)
-    n = len(raw)
-
-    # polynomial terms of the bias model on normalised coordinates (float32, once)
-    xyz = np.empty((n, 3), np.float32)
-    for a in range(3):
-        xyz[:, a] = loc[a] / max(shape[a] - 1, 1) * 2 - 1
-    terms = _poly_terms(xyz, bias_order)
-    del xyz
-    subset = np.zeros(n, bool)
-    subset[rng.choice(n, size=min(subsample, n), replace=False)] = True
+    if not mask.any():
+        raise ValueError("segment_t1: the brain mask is empty")
+    box = _bbox(mask)
+    mb = np.ascontiguousarray(mask[box])
+    shape = mb.shape
     pshape = tuple(s + 2 for s in shape)
-    flat = np.ravel_multi_index(tuple(i + 1 for i in loc), pshape)
+    flat = np.flatnonzero(np.pad(mb, 1))  # voxels in a zero-padded box, ascending
+    raw = np.maximum(data[box][mb], np.float32(1e-3))
+    n = len(raw)
+    nbr = _neighbours(flat, pshape)
+
+    # the bias model is fitted on a fixed random subset: its polynomial terms, once
+    sub = np.sort(rng.choice(n, size=min(subsample, n), replace=False))
+    loc = np.unravel_index(flat[sub], pshape)
+    xyz = np.empty((len(sub), 3), np.float32)
+    for a in range(3):
+        xyz[:, a] = (loc[a] - 1) / max(shape[a] - 1, 1) * 2 - 1
+    terms = _poly_terms(xyz, bias_order)
+    del xyz, loc
+    log_raw_sub = np.log(raw[sub])
+    nbr_sub = nbr[sub]
 
     # initial class means: 3-class k-means of the intensity histogram
-    top = float(np.percentile(raw, 99.9)) * 1.2
-    edges = np.linspace(0.0, top, 1025)
+    p5, p45, p85, p999 = np.percentile(raw, [5, 45, 85, 99.9])
+    top = float(p999) * 1.2
+    nbins = 1024
+    edges = np.linspace(0.0, top, nbins + 1)
     centres = 0.5 * (edges[:-1] + edges[1:])
-    mu = np.percentile(raw, [5, 45, 85]).astype(float)
-    h, _ = np.histogram(raw, bins=edges)
+    mu = np.array([p5, p45, p85], float)
+    h, _ = np.histogram(raw, bins=nbins, range=(0.0, top))  # = bins=edges, faster
     for _ in range(30):
         lab = np.argmin(np.abs(centres[:, None] - mu[None, :]), axis=1)
         mu = np.array([np.average(centres[lab == k], weights=h[lab == k] + 1e-9)
@@ -398,9 +555,8 @@ def _segment_t1(data, affine, *, seed, brain_mask, mrf_beta, mrf_iterations, bia
     _, _, groups, fracs = _components(mu, var)
     log_bias = np.zeros(n, np.float32)
     y = raw
-    six = ndi.generate_binary_structure(3, 1)
     for outer in range(6):
-        h, _ = np.histogram(y, bins=edges)
+        h, _ = np.histogram(y, bins=nbins, range=(0.0, top))
         mu, var, pi, rtab = _em_histogram(centres, h, mu, var, pi, groups, 15, tied)
         if outer == 5:
             break
@@ -410,16 +566,15 @@ def _segment_t1(data, affine, *, seed, brain_mask, mrf_beta, mrf_iterations, bia
         # squares with 3-MAD trimming. Using both classes balances the partial-volume
         # contamination that a WM-only fit feeds back into the field.
         cuts = (0.5 * (mu[0] + mu[1]), 0.5 * (mu[1] + mu[2]))
-        rows, target, cls = [], [], []
-        for k, cond in ((1, (y > cuts[0]) & (y < cuts[1])), (2, y > cuts[1])):
-            vol = np.zeros(int(np.prod(pshape)), bool)
-            vol[flat] = cond
-            inner = ndi.binary_erosion(vol.reshape(pshape), structure=six).ravel()[flat]
-            inner &= subset
-            rows.append(np.nonzero(inner)[0])
-            target.append(np.log(raw[inner]))
-            cls.append(np.full(int(inner.sum()), k - 1))
-        rows_a, t, c = np.concatenate(rows), np.concatenate(target), np.concatenate(cls)
+        code = np.zeros(n + 1, np.int8)  # 1 GM, 2 WM; position n: outside the mask
+        code[:n][(y > cuts[0]) & (y < cuts[1])] = 1
+        code[:n][y > cuts[1]] = 2
+        c0 = code[sub]
+        inner = (c0 > 0) & np.all(code[nbr_sub] == c0[:, None], axis=1)
+        rows = [np.nonzero(inner & (c0 == k))[0] for k in (1, 2)]  # positions in sub
+        rows_a = np.concatenate(rows)
+        t = log_raw_sub[rows_a]
+        c = np.repeat([0, 1], [len(r) for r in rows])
         design = np.concatenate([terms[rows_a, 1:], np.eye(2, dtype=np.float32)[c]], axis=1)
         ok = np.ones(len(t), bool)
         for _ in range(2):
@@ -427,55 +582,45 @@ def _segment_t1(data, affine, *, seed, brain_mask, mrf_beta, mrf_iterations, bia
             res = t - design @ coef
             mad = 1.4826 * float(np.median(np.abs(res[ok] - np.median(res[ok]))))
             ok = np.abs(res - np.median(res[ok])) < 3 * max(mad, 1e-3)
-        log_bias = terms[:, 1:] @ coef[:-2].astype(np.float32)
-        log_bias -= float(np.median(log_bias[rows[1]])) if len(rows[1]) else 0.0
+        log_bias = _poly_field(np.r_[0.0, coef[:-2]], shape, bias_order)[mb]
+        if len(rows[1]):
+            wm_field = design[len(rows[0]):, :-2] @ coef[:-2]  # the field at the WM rows
+            log_bias -= np.float32(np.median(wm_field))
         y = raw / np.exp(log_bias)
-    del terms
+    del terms, nbr_sub
 
     # per-voxel group likelihoods and the conditional fractions of the mixed groups
-    ll = _loglik(y, mu, var)
-    ll += _comp_log_prior(np.full(5, 0.2), groups).astype(np.float32)[None, :]
-    shift = ll.max(axis=1, keepdims=True)
-    np.exp(ll - shift, out=ll)
-    lg = np.zeros((n, 5), np.float32)
-    fmix = np.zeros((n, 5), np.float32)  # fraction of the first tissue of a mixed group
-    first = fracs[np.arange(len(groups)), np.where(groups == 3, 1, 0)]
-    for g in range(5):
-        cols = np.nonzero(groups == g)[0]
-        lg[:, g] = ll[:, cols].sum(axis=1)
-        if g in (1, 3):
-            fmix[:, g] = (ll[:, cols] @ first[cols].astype(np.float32)) / np.maximum(
-                lg[:, g], 1e-30)
-    del ll
+    lg, fmix = _group_tables(y, mu, var, groups, fracs)
 
-    # mean-field MRF on the five labels
-    count = _neighbour_mean(np.ones((n, 1), np.float32), flat, pshape, 1.0)[:, 0]
-    count = np.maximum(count, 1.0)
-    log_pi = np.log(pi).astype(np.float32)
-    qg = lg * pi.astype(np.float32)
-    qg /= qg.sum(axis=1, keepdims=True)
+    # mean-field MRF on the five labels: q ~ lg * pi * exp(beta * mean_nb(q) @ J^T)
+    a_mean = _neighbour_mean_operator(nbr)
+    del nbr
+    # (row sums by a matrix product: numpy reductions along a length-5 axis are slow)
+    ones = np.ones(5, np.float32)
+    lg *= pi.astype(np.float32)
+    qg = lg / (lg @ ones)[:, None]
+    bj = (mrf_beta * _J.T).astype(np.float32)
     for _ in range(mrf_iterations):
-        nb = _neighbour_mean(qg, flat, pshape, count)
-        e = log_pi[None, :] + np.float32(mrf_beta) * (nb @ _J.T.astype(np.float32))
-        e -= e.max(axis=1, keepdims=True)
-        qg = lg * np.exp(e)
-        qg /= qg.sum(axis=1, keepdims=True)
+        e = (a_mean @ qg) @ bj  # in [0, beta]: neighbour means sum to <= 1, J <= 1
+        if mrf_beta > 50:  # exp would overflow float32 beyond beta ~ 88
+            e -= e.max(axis=1, keepdims=True)
+        np.exp(e, out=e)
+        e *= lg
+        e /= (e @ ones)[:, None]
+        qg = e
     pve = np.empty((n, 3), np.float32)
-    pve[:, 0] = qg[:, 0] + qg[:, 1] * fmix[:, 1]
-    pve[:, 1] = qg[:, 1] * (1 - fmix[:, 1]) + qg[:, 2] + qg[:, 3] * fmix[:, 3]
-    pve[:, 2] = qg[:, 3] * (1 - fmix[:, 3]) + qg[:, 4]
+    pve[:, 0] = qg[:, 0] + qg[:, 1] * fmix[:, 0]
+    pve[:, 1] = qg[:, 1] * (1 - fmix[:, 0]) + qg[:, 2] + qg[:, 3] * fmix[:, 1]
+    pve[:, 2] = qg[:, 3] * (1 - fmix[:, 1]) + qg[:, 4]
 
-    out = {t: np.zeros(data.shape, np.float32) for t in TISSUES}
-    for k, t in enumerate(TISSUES):
-        out[t][idx] = pve[:, k]
-    bias = np.ones(data.shape, np.float32)
-    bias[idx] = np.exp(log_bias)
+    out = {t: _to_volume(pve[:, k], mb, box, data.shape) for k, t in enumerate(TISSUES)}
+    bias = _to_volume(np.exp(log_bias), mb, box, data.shape, fill=1.0)
     info = {
         "backend": "builtin",
         "means": mu.tolist(),
         "sds": np.sqrt(var).tolist(),
         "label_proportions": dict(zip(_GROUPS, pi.tolist(), strict=True)),
-        "brain_volume_ml": float(mask.sum() * np.prod(_voxel_sizes(affine)) / 1000.0),
+        "brain_volume_ml": float(n * np.prod(_voxel_sizes(affine)) / 1000.0),
         "bias_polynomial_order": bias_order,
         "mrf_beta": mrf_beta,
         "mrf_iterations": mrf_iterations,
@@ -683,44 +828,53 @@ def _canonical(data: np.ndarray, affine: np.ndarray):
     return out, aff
 
 
-def overlay_png(
-    t1_data: np.ndarray,
-    t1_affine: np.ndarray,
-    mrs_affine: np.ndarray,
-    png_path: Path,
-    *,
-    seg: Segmentation | None = None,
-    title: str | None = None,
-) -> Path:
-    """Sagittal, coronal and axial T1 slices through the MRS voxel centre with the voxel's
-    coverage drawn (translucent fill + outline), matplotlib Agg.
+@dataclass
+class OverlayBackground:
+    """A T1 prepared once for drawing several voxels on it: the RAS-canonical array and
+    affine, the GM map on the same grid (or None) and the display window."""
 
-    Display convention: neurological (the subject's left on the image left in coronal and
-    axial views, anterior to the right in the sagittal view); the caption says so. With
-    ``seg`` the GM/WM/CSF fractions are printed and the GM boundary is contoured."""
-    import matplotlib
+    can: np.ndarray
+    aff: np.ndarray
+    gm: np.ndarray | None
+    window: tuple[float, float]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def overlay_background(t1_data: np.ndarray, t1_affine: np.ndarray,
+                       seg: Segmentation | None = None) -> OverlayBackground:
     data = np.asarray(t1_data, np.float32)
     if data.ndim == 4:
         data = data[..., 0]
     can, aff = _canonical(data, np.asarray(t1_affine, float))
-    cov = voxel_coverage(can.shape, aff, mrs_affine).as_volume(can.shape)
     gm = _canonical(seg.gm, np.asarray(t1_affine, float))[0] if seg is not None else None
+    pos = can[can > 0]
+    window = tuple(float(v) for v in np.percentile(pos, [1, 99.5])) if pos.size else (0.0, 1.0)
+    return OverlayBackground(can, aff, gm, window)
+
+
+def draw_overlay(fig, bg: OverlayBackground, mrs_affine: np.ndarray, *,
+                 fractions: dict | None = None, title: str | None = None) -> None:
+    """Sagittal, coronal and axial T1 slices through the MRS voxel centre with the voxel's
+    coverage drawn (translucent fill + outline), into ``fig`` (Figure or SubFigure).
+
+    Display convention: neurological (the subject's left on the image left in coronal and
+    axial views, anterior to the right in the sagittal view); the caption says so. With
+    ``fractions`` (from :func:`tissue_fractions`) they are printed; with a GM map in ``bg``
+    the GM boundary is contoured."""
+    can, aff, gm = bg.can, bg.aff, bg.gm
+    cov = voxel_coverage(can.shape, aff, mrs_affine).as_volume(can.shape)
     centre = np.asarray(mrs_affine, float)[:3, 3]
     ijk = np.round(np.linalg.inv(aff) @ np.r_[centre, 1.0])[:3].astype(int)
     ijk = np.clip(ijk, 0, np.array(can.shape) - 1)
     vox = _voxel_sizes(aff)
-    lo, hi = np.percentile(can[can > 0], [1, 99.5]) if np.any(can > 0) else (0.0, 1.0)
+    lo, hi = bg.window
 
     views = [  # (name, slicer, horizontal axis, vertical axis, labels)
         ("sagittal", (ijk[0], slice(None), slice(None)), 1, 2, ("P", "A", "I", "S")),
         ("coronal", (slice(None), ijk[1], slice(None)), 0, 2, ("L", "R", "I", "S")),
         ("axial", (slice(None), slice(None), ijk[2]), 0, 1, ("L", "R", "P", "A")),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="k")
+    axes = fig.subplots(1, 3, gridspec_kw={"left": 0.01, "right": 0.99, "bottom": 0.1,
+                                           "top": 0.86, "wspace": 0.04})
     for ax, (name, sl, h, v, lab) in zip(axes, views, strict=True):
         # RAS array, rows = vertical axis, origin lower: +x (subject's right) is drawn to
         # the right, i.e. the subject's left on the image left (neurological convention)
@@ -742,17 +896,33 @@ def overlay_png(
         ax.set_title(name, color="w", fontsize=10)
         ax.set_axis_off()
     caption = "neurological convention (subject's left on image left); MRS voxel in yellow"
-    if seg is not None:
-        f = tissue_fractions(seg, voxel_coverage(seg.gm.shape, t1_affine, mrs_affine))
-        caption += f"; GM {f['f_gm']:.2f}  WM {f['f_wm']:.2f}  CSF {f['f_csf']:.2f} (GM edge cyan)"
+    if fractions is not None:
+        f = fractions
+        caption += f"; GM {f['f_gm']:.2f}  WM {f['f_wm']:.2f}  CSF {f['f_csf']:.2f}"
+        if gm is not None:
+            caption += " (GM edge cyan)"
     fig.text(0.5, 0.02, caption, ha="center", color="w", fontsize=9)
     if title:
         fig.suptitle(title, color="w")
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100, facecolor="k")
-    plt.close(fig)
-    return png_path
+
+
+def overlay_png(
+    t1_data: np.ndarray,
+    t1_affine: np.ndarray,
+    mrs_affine: np.ndarray,
+    png_path: Path,
+    *,
+    seg: Segmentation | None = None,
+    title: str | None = None,
+) -> Path:
+    """PNG of one voxel on its T1 (see :func:`draw_overlay`); with ``seg`` the GM/WM/CSF
+    fractions are printed and the GM boundary is contoured."""
+    bg = overlay_background(t1_data, t1_affine, seg)
+    fr = (tissue_fractions(seg, voxel_coverage(seg.gm.shape, t1_affine, mrs_affine))
+          if seg is not None else None)
+    return qcpage.save_one(png_path, lambda f: draw_overlay(f, bg, mrs_affine, fractions=fr,
+                                                            title=title),
+                           width_in=12, height_in=4.4, dpi=100, facecolor="k")
 
 
 # ---------------------------------------------------------------------------------------
@@ -773,6 +943,47 @@ def segmentation_paths(out_dir: Path, stem: str) -> dict[str, Path]:
     paths = {t.upper(): out_dir / f"{stem}_label-{t.upper()}_probseg.nii.gz" for t in TISSUES}
     paths["mask"] = out_dir / f"{stem}_desc-brain_mask.nii.gz"
     return paths
+
+
+def _save_nifti_gz(img: nib.Nifti1Image, path: Path) -> None:
+    """``nib.save(img, path)`` for a ``.nii.gz``, the same bytes once decompressed, but
+    deflated as nibabel writes them by zlib at level 1 (nibabel's default) with the Z_RLE
+    strategy (matches at distance 1 only, "designed to be almost as fast as
+    Z_HUFFMAN_ONLY, but give better compression for PNG image data": zlib manual,
+    deflateInit2): on these mostly-zero maps faster than nibabel's gzip writer, and
+    smaller. wbits = 31 makes a standard gzip stream (RFC 1952)."""
+    import io
+    import zlib
+
+    class DeflateWriter(io.RawIOBase):
+        """Write-only stream that compresses into ``f``; like nibabel's gzip writer it
+        can only 'seek' to where it is."""
+
+        def __init__(self, f):
+            super().__init__()
+            self.f, self.n = f, 0
+            self.z = zlib.compressobj(1, zlib.DEFLATED, 31, 9, zlib.Z_RLE)
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b) -> int:
+            self.f.write(self.z.compress(b))
+            self.n += len(b)
+            return len(b)
+
+        def tell(self) -> int:
+            return self.n
+
+        def seek(self, pos: int, whence: int = 0) -> int:
+            if whence != 0 or pos != self.n:
+                raise OSError("cannot seek in a compressed stream")
+            return pos
+
+    with open(path, "wb") as f:
+        gz = DeflateWriter(f)
+        img.to_file_map({"image": nib.FileHolder(fileobj=gz)})
+        f.write(gz.z.flush())
 
 
 def run_segment(
@@ -796,15 +1007,15 @@ def run_segment(
         seg = segment_t1(data, img.affine, seed=seed)
     paths = segmentation_paths(out_dir, stem)
     hdr = img.header.copy()
-    for t in TISSUES:
-        out = nib.Nifti1Image(getattr(seg, t).astype(np.float32), img.affine, hdr)
-        out.set_data_dtype(np.float32)
+    # NIfTI stores the voxels in Fortran order: Fortran-ordered arrays (the builtin maps
+    # already are) spare nibabel a transposed copy of every slice it writes
+    maps = {t.upper(): np.asfortranarray(getattr(seg, t), dtype=np.float32) for t in TISSUES}
+    maps["mask"] = np.asfortranarray(seg.brain_mask, dtype=np.uint8)
+    for key, arr in maps.items():
+        out = nib.Nifti1Image(arr, img.affine, hdr)
+        out.set_data_dtype(arr.dtype)
         out.header.set_slope_inter(1.0, 0.0)
-        nib.save(out, paths[t.upper()])
-    m = nib.Nifti1Image(seg.brain_mask.astype(np.uint8), img.affine, hdr)
-    m.set_data_dtype(np.uint8)
-    m.header.set_slope_inter(1.0, 0.0)
-    nib.save(m, paths["mask"])
+        _save_nifti_gz(out, paths[key])
     return paths
 
 
@@ -833,6 +1044,17 @@ def run_voxel_fractions(
     t1 = nib.load(t1_nii)
     if not np.allclose(seg_aff, t1.affine, atol=1e-3) or seg.gm.shape != t1.shape[:3]:
         raise InputError(f"{seg_paths['GM']}: segmentation grid differs from {t1_nii}")
+    fr, mrs_affine = _voxel_fractions(t1_nii, seg, seg_aff, mrs_nii, out_json,
+                                      min_brain_fraction=min_brain_fraction)
+    if out_png is not None:
+        overlay_png(np.asanyarray(t1.dataobj), t1.affine, mrs_affine, out_png, seg=seg)
+    return fr
+
+
+def _voxel_fractions(t1_nii: Path, seg: Segmentation, seg_aff: np.ndarray, mrs_nii: Path,
+                     out_json: Path, *, min_brain_fraction: float):
+    """Tissue fractions of one MRS voxel on a loaded segmentation; writes the JSON and
+    returns (fractions, the voxel's affine)."""
     mrs_affine = nib.load(mrs_nii).affine
     cov = voxel_coverage(seg.gm.shape, seg_aff, mrs_affine)
     fr = tissue_fractions(seg, cov)
@@ -850,6 +1072,51 @@ def run_voxel_fractions(
         "voxel_size_mm": [round(float(v), 3) for v in _voxel_sizes(mrs_affine)],
     }
     write_fractions_json(out_json, fr, extra)
-    if out_png is not None:
-        overlay_png(np.asanyarray(t1.dataobj), t1.affine, mrs_affine, out_png, seg=seg)
-    return fr
+    return fr, mrs_affine
+
+
+def run_participant(plan: dict, png: Path | None, *, backend: str = "auto",
+                    min_brain_fraction: float = MIN_BRAIN_FRACTION) -> None:
+    """The segment step of one participant: :func:`run_segment` for each T1 of
+    ``plan["t1"]`` (dicts t1, out_dir and optionally xfm: then the brain is also registered
+    to MNI152 with :func:`mrsflow.register.run_register`), then the tissue fractions of
+    every voxel of ``plan["voxels"]`` (dicts t1, mrs, json, label) on its T1's
+    segmentation, in one process; then one QC page with a row per voxel."""
+    loaded = {}
+    for item in plan["t1"]:
+        t0 = time.perf_counter()
+        paths = run_segment(Path(item["t1"]), Path(item["out_dir"]), backend=backend)
+        print(f"segmented {item['t1']} in {time.perf_counter() - t0:.2f} s", flush=True)
+        if item.get("xfm"):
+            from mrsflow import register
+
+            t0 = time.perf_counter()
+            reg = register.run_register(Path(item["t1"]), paths["mask"], Path(item["xfm"]))
+            print(f"registered {item['t1']} to MNI152 in {time.perf_counter() - t0:.2f} s "
+                  f"(NCC {reg['similarity']['value']:.3f})", flush=True)
+        seg, seg_aff = load_segmentation(paths)
+        t1 = nib.load(item["t1"])
+        if not np.allclose(seg_aff, t1.affine, atol=1e-3) or seg.gm.shape != t1.shape[:3]:
+            raise InputError(f"{paths['GM']}: segmentation grid differs from {item['t1']}")
+        loaded[item["t1"]] = (seg, seg_aff, t1)
+    rows, backgrounds = [], {}
+    for v in plan["voxels"]:
+        if v["t1"] not in loaded:
+            raise InputError(f"{v['mrs']}: its T1 {v['t1']} is not among the participant's "
+                             "segmented T1s")
+        seg, seg_aff, t1 = loaded[v["t1"]]
+        fr, mrs_affine = _voxel_fractions(Path(v["t1"]), seg, seg_aff, Path(v["mrs"]),
+                                          Path(v["json"]),
+                                          min_brain_fraction=min_brain_fraction)
+        print(f"tissue fractions of {v['mrs']}: GM {fr['f_gm']:.3f} WM {fr['f_wm']:.3f} "
+              f"CSF {fr['f_csf']:.3f}", flush=True)
+        if png is None:
+            continue
+        if v["t1"] not in backgrounds:
+            backgrounds[v["t1"]] = overlay_background(np.asanyarray(t1.dataobj), t1.affine,
+                                                      seg)
+        rows.append(functools.partial(draw_overlay, bg=backgrounds[v["t1"]],
+                                      mrs_affine=mrs_affine, fractions=fr,
+                                      title=v.get("label")))
+    if png is not None:
+        qcpage.save_rows(png, rows, width_in=12, row_height_in=4.4, dpi=80, facecolor="k")
