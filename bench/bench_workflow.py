@@ -6,7 +6,7 @@ config (plus an override); the figures printed are wall-clock seconds of the sna
 command, and per-rule medians / maxima from the `benchmark:` files every rule writes
 (seconds and peak resident memory, max_rss in MB).
 
-    python bench/bench_workflow.py full          # whole default twin -> figures and tables
+    python bench/bench_workflow.py full          # whole default twin -> figures, report
     python bench/bench_workflow.py twin          # only the twin's raw exports and truth
     python bench/bench_workflow.py dag 100 300 1000   # dry-run DAG construction times
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -93,15 +94,36 @@ def rule_table(workdir: Path) -> pd.DataFrame:
     )
 
 
-def bench_full(targets: list[str], keep: bool) -> None:
+def step_seconds(workdir: Path, rule: str, pattern: str) -> list[float]:
+    """Seconds of one step inside the participant jobs, from the lines their logs print
+    (e.g. 'segmented <T1> in 4.12 s', 'fitted <spectrum> in 0.051 s')."""
+    found = []
+    for log in sorted((workdir / "results" / "logs" / rule).glob("*.log")):
+        found += [float(x) for x in re.findall(pattern, log.read_text())]
+    return found
+
+
+def bench_full(targets: list[str], keep: bool, report: bool = True) -> None:
     work = Path(tempfile.mkdtemp(prefix="mrsflow-bench-"))
     try:
         print(f"machine: {machine()}")
         seconds = snakemake(work, {}, targets=targets)
-        print(
-            f"from nothing ({' '.join(targets) or 'all'}), --cores 2: {seconds:.1f} s "
-            f"({seconds / 60:.2f} min)"
-        )
+        what = " ".join(targets) or "all"
+        print(f"from nothing ({what}), --cores 2: {seconds:.1f} s ({seconds / 60:.2f} min)")
+        if report:
+            t_report = snakemake(work, {}, "--report", "results/report.html", targets=targets)
+            size = (work / "results" / "report.html").stat().st_size / 1e6
+            total = seconds + t_report
+            print(f"snakemake --report results/report.html: {t_report:.1f} s ({size:.0f} MB)")
+            print(f"from nothing to figures and report: {total:.1f} s ({total / 60:.2f} min)")
+            seg = step_seconds(work, "segment", r"segmented \S+ in ([0-9.]+) s")
+            reg = step_seconds(work, "segment", r"registered \S+ to MNI152 in ([0-9.]+) s")
+            fit = step_seconds(work, "fit", r"fitted \S+ in ([0-9.]+) s")
+            if seg and fit:
+                print(f"in this run: segmentation {statistics.median(seg):.2f} s per T1 "
+                      f"(median of {len(seg)}), MNI registration "
+                      f"{statistics.median(reg):.2f} s per T1, builtin fitter "
+                      f"{statistics.median(fit):.3f} s per spectrum (median of {len(fit)})")
         noop = [snakemake(work, {}, targets=targets) for _ in range(3)]
         print(f"no-op rerun: median {statistics.median(noop):.2f} s over 3")
         with pd.option_context("display.width", 120, "display.max_rows", 100):
@@ -135,7 +157,7 @@ def main() -> None:
     if a.what == "full":
         bench_full([], a.keep)
     elif a.what == "twin":
-        bench_full(["twin_truth", "twin_sheets"], a.keep)
+        bench_full(["twin_truth", "twin_sheets"], a.keep, report=False)
     else:
         bench_dag(a.sizes)
 

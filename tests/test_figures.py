@@ -149,7 +149,7 @@ def build_study(root: Path) -> dict:
         off = np.array([3.0, -2.0, 1.0]) * (int(pid[-2:]) % 3)  # one T1 per participant
         to_mni = np.eye(4)
         to_mni[:3, 3] = off
-        xfm = root / "register" / f"{pid}_{ses}_from-T1w_to-MNI152_xfm.json"
+        xfm = root / "segment" / f"{pid}_{ses}_from-T1w_to-MNI152_xfm.json"
         xfm.parent.mkdir(parents=True, exist_ok=True)
         xfm.write_text(json.dumps({"matrix": to_mni.tolist()}))
         vox = np.diag([10.0, 12.0, 10.0, 1.0])

@@ -97,6 +97,31 @@ def _fit(a: argparse.Namespace) -> None:
     )
 
 
+def _convert_participant(a: argparse.Namespace) -> None:
+    from mrsflow import convert
+
+    convert.convert_participant(a.plan)
+
+
+def _segment_participant(a: argparse.Namespace) -> None:
+    from mrsflow import segment
+
+    segment.run_participant(a.plan, Path(a.page), backend=a.backend)
+
+
+def _preprocess_participant(a: argparse.Namespace) -> None:
+    from mrsflow import preprocess
+
+    preprocess.run_participant(a.plan, Path(a.page), params=a.params)
+
+
+def _fit_participant(a: argparse.Namespace) -> None:
+    from mrsflow import fit
+
+    fit.run_participant(a.plan, Path(a.basis_dir), Path(a.page), backend=a.backend,
+                        params=a.params)
+
+
 def _quantify(a: argparse.Namespace) -> None:
     from mrsflow import collect
 
@@ -258,6 +283,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs"])
     p.add_argument("--params", type=_json, default={}, help="config 'fitting' as JSON")
     p.set_defaults(func=_fit)
+
+    # one participant per process (the workflow's jobs): the plan lists each scan's paths
+    p = sub.add_parser("convert-participant", help="convert one participant's T1s and spectra")
+    p.add_argument("--plan", type=_json, required=True, help="JSON: t1 and mrs lists")
+    p.set_defaults(func=_convert_participant)
+
+    p = sub.add_parser("segment-participant",
+                       help="segment one participant's T1s; tissue fractions of every voxel")
+    p.add_argument("--plan", type=_json, required=True, help="JSON: t1 and voxels lists")
+    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_fast"])
+    p.add_argument("--page", required=True, help="QC page (PNG/JPEG): every voxel on its T1")
+    p.set_defaults(func=_segment_participant)
+
+    p = sub.add_parser("preprocess-participant", help="preprocess every scan of a participant")
+    p.add_argument("--plan", type=_json, required=True, help="JSON: a list, one dict per scan")
+    p.add_argument("--params", type=_json, default={}, help="config 'preprocess' as JSON")
+    p.add_argument("--page", required=True, help="QC page (PNG): every processed spectrum")
+    p.set_defaults(func=_preprocess_participant)
+
+    p = sub.add_parser("fit-participant", help="fit every processed spectrum of a participant")
+    p.add_argument("--plan", type=_json, required=True, help="JSON: a list, one dict per scan")
+    p.add_argument("--basis-dir", required=True)
+    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs"])
+    p.add_argument("--params", type=_json, default={}, help="config 'fitting' as JSON")
+    p.add_argument("--page", required=True, help="QC page (PNG): every fit")
+    p.set_defaults(func=_fit_participant)
 
     p = sub.add_parser("quantify", help="concentrations and the study's tidy tables")
     p.add_argument("--raw-dir", required=True)

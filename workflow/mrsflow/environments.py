@@ -50,7 +50,7 @@ FAMILIES: dict[str, list[str]] = {
     ],
     "convert": ["spec2nii", "dcm2niix", "nifti-mrs", "nibabel", "numpy"],
     "preprocess": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib", "threadpoolctl"],
-    "segment": ["numpy", "scipy", "nibabel", "matplotlib"],
+    "segment": ["numpy", "scipy", "nibabel", "nilearn", "matplotlib"],  # + MNI registration
     "fit": ["numpy", "scipy", "nibabel", "nifti-mrs", "matplotlib", "pyyaml", "threadpoolctl"],
     "quantify": ["numpy", "pandas", "pyyaml", "jsonschema"],
     "stats": ["numpy", "scipy", "pandas", "statsmodels", "pyyaml"],

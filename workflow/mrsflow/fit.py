@@ -145,6 +145,7 @@ import json
 import math
 import shutil
 import subprocess
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ import numpy as np
 from scipy import linalg, optimize
 from scipy.interpolate import BSpline, make_interp_spline
 
-from mrsflow import __version__
+from mrsflow import __version__, qcpage
 from mrsflow.basis import Basis, read_fsl_basis
 from mrsflow.errors import InputError
 
@@ -1314,15 +1315,10 @@ def _fit_water(water_fid, dwell_s, f0_mhz, ppm_range, centre_ppm) -> dict:
 # ============================================================================================
 # Plot
 # ============================================================================================
-def plot_fit(result, png, title: str | None = None) -> None:
+def draw_fit(fig, result, title: str | None = None) -> None:
     """Data, fit, baseline and residual (real parts, phase-corrected) over the fit range,
-    ppm axis reversed. ``result``: a :class:`FitResult` or a dict with arrays ``ppm``,
-    ``data``, ``fit``, ``baseline``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    ppm axis reversed, drawn into ``fig`` (a matplotlib Figure or SubFigure). ``result``: a
+    :class:`FitResult` or a dict with arrays ``ppm``, ``data``, ``fit``, ``baseline``."""
     if isinstance(result, FitResult):
         ppm, data, fitc, base = result.ppm, result.data, result.fit, result.baseline_spec
         title = title or (
@@ -1334,7 +1330,8 @@ def plot_fit(result, png, title: str | None = None) -> None:
         fitc = np.asarray(result["fit"])
         base = np.asarray(result.get("baseline", np.zeros_like(data)))
     has_fit = bool(np.all(np.isfinite(fitc)))
-    fig, ax = plt.subplots(figsize=(9, 5))
+    ax = fig.subplots(1, 1, gridspec_kw={"left": 0.04, "right": 0.8, "bottom": 0.17,
+                                         "top": 0.9})
     ax.plot(ppm, data.real, color="0.35", lw=0.8, label="data")
     if has_fit:
         res = data.real - fitc.real
@@ -1349,10 +1346,11 @@ def plot_fit(result, png, title: str | None = None) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+
+
+def plot_fit(result, png, title: str | None = None) -> None:
+    """PNG of one fit (see :func:`draw_fit`)."""
+    qcpage.save_one(png, lambda f: draw_fit(f, result, title), width_in=9.0, height_in=5.0)
 
 
 # ============================================================================================
@@ -1897,16 +1895,50 @@ def run_fit(
     params: dict | None = None,
     tissue_json=None,
 ) -> dict:
-    """Fit one NIfTI-MRS spectrum (+ water reference) and write JSON, TSV and PNG.
+    """Fit one NIfTI-MRS spectrum (+ water reference) and write JSON, TSV and (if
+    ``out_png`` is given) PNG.
 
     ``params`` (all optional): ppm_range, baseline (or baseline_order), groups, ignore,
     noise_regions, max_shift_hz, water_ppm_range, te_ms, tr_ms (fsl_mrs), and any
     :func:`build_fsl_mrs_command` option. Returns the contract dict as written.
     """
+    d, plottable = _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv,
+                            backend=backend, params=params, tissue_json=tissue_json)
+    if out_png is not None:
+        plot_fit(plottable, out_png)
+    return d
+
+
+def run_participant(plan: list[dict], basis_dir, png, *, backend: str = "builtin",
+                    params: dict | None = None) -> None:
+    """The fit step of one participant: :func:`run_fit` for every scan of ``plan`` (dicts
+    with metab, water, tissue, json, tsv, label) in one process (the basis set is read
+    once), then one QC page with a row per fit."""
+    rows = []
+    basis = read_fsl_basis(basis_dir)
+    for item in plan:
+        t0 = time.perf_counter()
+        d, plottable = _run_fit(item["metab"], item["water"], basis_dir, item["json"],
+                                item["tsv"], backend=backend, params=params,
+                                tissue_json=item["tissue"], basis=basis)
+        print(f"fitted {item['metab']} in {time.perf_counter() - t0:.3f} s: {d['message']}",
+              flush=True)
+        title = (f"{item.get('label') or Path(item['metab']).name}: {d['backend']}, fit "
+                 f"quality {d['fit_quality']:.2f}, SNR {d['snr']:.1f}")
+        rows.append(functools.partial(draw_fit, result=plottable, title=title))
+    if png is not None:
+        qcpage.save_rows(png, rows, width_in=9.0, row_height_in=3.2)
+
+
+def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, params,
+             tissue_json, basis: Basis | None = None):
+    """Fit and write JSON + TSV; returns (contract dict, what to plot: the FitResult or,
+    for FSL-MRS, a dict of arrays rebuilt from its outputs). ``basis``: the basis set of
+    ``basis_dir`` if already read."""
     p = dict(params or {})
     backend = resolve_backend(backend)
     fid, dwell, f0, hdr = read_nifti_mrs(metab_nii)
-    basis = read_fsl_basis(basis_dir)
+    basis = read_fsl_basis(basis_dir) if basis is None else basis
     centre = float(p.get("centre_ppm", 4.65))
     if backend == "fsl_mrs":
         te = p.get("te_ms", basis.te_ms if math.isfinite(basis.te_ms) else None)
@@ -1923,13 +1955,7 @@ def run_fit(
             params=p,
         )
         d = write_result(d, out_json, out_tsv)
-        src = out_dir / "fit_summary.png"
-        if src.exists():
-            Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, out_png)
-        else:
-            plot_fit(_fsl_plot_arrays(out_dir, fid, dwell, f0, centre, d), out_png)
-        return d
+        return d, _fsl_plot_arrays(out_dir, fid, dwell, f0, centre, d)
     res = fit_spectrum(
         fid,
         dwell,
@@ -1959,5 +1985,4 @@ def run_fit(
         "tissue_json": None if tissue_json is None else str(tissue_json),
     }
     d = write_result(res, out_json, out_tsv)
-    plot_fit(res, out_png)
-    return d
+    return d, res

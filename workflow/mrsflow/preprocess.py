@@ -99,6 +99,7 @@ import functools
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +108,7 @@ import numpy as np
 import scipy.linalg
 from scipy.ndimage import median_filter
 
-from mrsflow import __version__, nmrs, qc
+from mrsflow import __version__, nmrs, qc, qcpage
 from mrsflow.errors import InputError
 
 try:  # optional: small BLAS problems run much faster single-threaded on a busy machine
@@ -1045,18 +1046,14 @@ def write_transients_tsv(path, table: list[dict]) -> None:
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def plot_processed(path, metab, water, dwell_s, f0_mhz, title: str = "") -> None:
-    """PNG: processed metabolite spectrum (0.2-4.2 ppm) and the water (second panel)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_processed(fig, metab, water, dwell_s, f0_mhz, title: str = "") -> None:
+    """Processed metabolite spectrum (0.2-4.2 ppm) and the water (narrow right panel), drawn
+    into ``fig`` (a matplotlib Figure or SubFigure)."""
     spec, ppm = qc.spectrum(metab, dwell_s, f0_mhz, zero_fill=2)
     wspec, wppm = qc.spectrum(water, dwell_s, f0_mhz, zero_fill=2)
-    fig, (ax, axw) = plt.subplots(
-        1, 2, figsize=(9.0, 3.6), gridspec_kw={"width_ratios": [3, 1]}
-    )
+    ax, axw = fig.subplots(1, 2, gridspec_kw={
+        "width_ratios": [3, 1], "left": 0.03, "right": 0.98, "bottom": 0.15, "top": 0.88,
+        "wspace": 0.08})
     sel = (ppm >= 0.2) & (ppm <= 4.2)
     ax.plot(ppm[sel], spec.real[sel], lw=0.8, color="k")
     ax.set_xlim(4.2, 0.2)
@@ -1069,10 +1066,17 @@ def plot_processed(path, metab, water, dwell_s, f0_mhz, title: str = "") -> None
     axw.set_xlabel("ppm")
     axw.set_yticks([])
     axw.set_title("water", fontsize=9)
-    fig.subplots_adjust(left=0.03, right=0.98, bottom=0.15, top=0.9, wspace=0.08)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(fig)
+
+
+def _title(name: str, q: dict) -> str:
+    return (f"{name}: SNR {q['snr']:.1f}, NAA FWHM {q['linewidth_naa_hz']:.2f} Hz, "
+            f"water {q['linewidth_water_hz']:.2f} Hz")
+
+
+def plot_processed(path, metab, water, dwell_s, f0_mhz, title: str = "") -> None:
+    """PNG of one processed scan (see :func:`draw_processed`)."""
+    qcpage.save_one(path, lambda f: draw_processed(f, metab, water, dwell_s, f0_mhz, title),
+                    width_in=9.0, height_in=3.6)
 
 
 def run_preprocess(
@@ -1081,13 +1085,14 @@ def run_preprocess(
     out_water: Path,
     out_qc_json: Path,
     out_transients_tsv: Path,
-    out_png: Path,
+    out_png: Path | None,
     *,
     mode: str,
     water_nii: Path | None = None,
     params: dict | None = None,
 ) -> dict:
-    """Preprocess one converted scan (NIfTI-MRS) and write the five outputs; returns the QC."""
+    """Preprocess one converted scan (NIfTI-MRS) and write the outputs (the PNG only if
+    ``out_png`` is given and params' ``plot`` is true); returns the QC."""
     p = _merge_params(params)
     data, ext, affine, dwell, img = read_nifti_mrs(mrs_nii)
     f0 = float(ext["SpectrometerFrequency"][0])
@@ -1149,10 +1154,35 @@ def run_preprocess(
     out_qc_json.write_text(json.dumps(_fmt(qcd), indent=1, sort_keys=True) + "\n",
                            encoding="utf-8")
     write_transients_tsv(out_transients_tsv, res.table)
-    if p["plot"]:
-        title = (
-            f"{Path(mrs_nii).name}: SNR {res.qc['snr']:.1f}, NAA FWHM "
-            f"{res.qc['linewidth_naa_hz']:.2f} Hz, water {res.qc['linewidth_water_hz']:.2f} Hz"
-        )
-        plot_processed(out_png, res.metab, res.water, dwell, f0, title)
+    if p["plot"] and out_png is not None:
+        plot_processed(out_png, res.metab, res.water, dwell, f0, _title(Path(mrs_nii).name,
+                                                                        res.qc))
     return qcd
+
+
+def run_participant(plan: list[dict], png: Path | None, *, params: dict | None = None) -> None:
+    """The preprocess step of one participant: :func:`run_preprocess` for every scan of
+    ``plan`` (dicts with mrs, water (or None), mode, metab, water_out, qc, transients, label)
+    in one process, then one QC page with a row per scan (from the written spectra)."""
+    done = []
+    for item in plan:
+        water = item.get("water")
+        t0 = time.perf_counter()
+        q = run_preprocess(
+            Path(item["mrs"]), Path(item["metab"]), Path(item["water_out"]), Path(item["qc"]),
+            Path(item["transients"]), None, mode=item["mode"],
+            water_nii=Path(water) if water else None, params=params,
+        )
+        print(f"preprocessed {item['mrs']} in {time.perf_counter() - t0:.2f} s: SNR "
+              f"{q['snr']:.1f}", flush=True)
+        done.append((item, q))
+    if png is None:
+        return
+    rows = []
+    for item, q in done:
+        metab, _, _, dwell, _ = read_nifti_mrs(Path(item["metab"]))
+        water, *_ = read_nifti_mrs(Path(item["water_out"]))
+        title = _title(item.get("label") or Path(item["mrs"]).name, q)
+        rows.append(functools.partial(draw_processed, metab=metab.ravel(), water=water.ravel(),
+                                      dwell_s=dwell, f0_mhz=q["f0_mhz"], title=title))
+    qcpage.save_rows(png, rows, width_in=9.0, row_height_in=2.6)

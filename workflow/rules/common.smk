@@ -60,43 +60,10 @@ SCANS = _scan_table()
 PARTICIPANTS = sorted(SCANS.index.unique("participant_id"))
 
 
-def scan(wildcards):
-    """The scan-table row of a {pid, ses, film} job."""
-    return SCANS.loc[(wildcards.pid, wildcards.ses, wildcards.film)]
-
-
-def scan_keys():
-    """dict(pid=[...], ses=[...], film=[...]) for expand(..., zip)."""
-    pid, ses, film = zip(*SCANS.index)
-    return {"pid": list(pid), "ses": list(ses), "film": list(film)}
-
-
 def t1_keys():
     """The T1 series of the study as (participant, session-of-T1) pairs."""
     pairs = sorted(set(zip(SCANS.index.get_level_values(0), SCANS.t1_session)))
     return {"pid": [p for p, _ in pairs], "ses": [s for _, s in pairs]}
-
-
-def raw_input(column):
-    """Input function: a raw file of the scan (for the twin, the participant's generated
-    folder, since one twin job writes all of a participant's files)."""
-
-    def _input(wildcards):
-        if TWIN:
-            return f"{RAW}/{wildcards.pid}"
-        return f"{RAW}/{scan(wildcards)[column]}"
-
-    return _input
-
-
-def raw_path(wildcards, column):
-    return f"{RAW}/{scan(wildcards)[column]}"
-
-
-def t1_dicom(wildcards):
-    """The DICOM folder of the T1 named {pid}_{ses}_T1w."""
-    rows = SCANS.loc[wildcards.pid]
-    return f"{RAW}/{rows[rows.t1_session == wildcards.ses].t1w.iloc[0]}"
 
 
 def basis_entries():
@@ -148,24 +115,156 @@ def sheet_files():
     ]
 
 
-def preprocess_inputs(wildcards):
-    stem = f"results/convert/{SCAN_STEM}".format(**wildcards)
-    inputs = {"mrs": f"{stem}_svs.nii.gz"}
-    if scan(wildcards).acq == "ws":
-        inputs["water"] = f"{stem}_mrsref.nii.gz"
-    return inputs
+# --- per-participant plans ------------------------------------------------------------
+# The per-scan steps (convert, segment + tissue fractions, preprocess, fit) run one job per
+# participant: a job loops over that participant's scans in one process, so the interpreter
+# start-up and imports (1-2 s) are paid once per participant, not once per scan. The plans
+# below list, from the scan table, every input and output path of a participant's scans;
+# the rule passes its plan to the package as JSON and declares the participant's derivative
+# folder as its output.
 
 
-def tissue_inputs(wildcards):
-    """The scan's converted spectrum (its affine places the voxel) and the segmentation of
-    the T1 it was planned on."""
-    t1ses = scan(wildcards).t1_session
-    anat = f"{wildcards.pid}/{t1ses}/anat/{wildcards.pid}_{t1ses}"
+def participant_dir(stage, pid):
+    return f"results/{stage}/{pid}"
+
+
+def participant_dirs(stage):
+    return expand("results/{stage}/{pid}", stage=stage, pid=PARTICIPANTS)
+
+
+def _scan_rows(pid):
+    """(session, film, row) for every scan of a participant, in scan-table order."""
+    return [(ses, film, row) for (ses, film), row in SCANS.loc[pid].iterrows()]
+
+
+def _anat(pid, ses):
+    return f"{pid}/{ses}/anat/{pid}_{ses}"
+
+
+def scan_files(pid, ses, film):
+    """Every derivative path of one scan (BIDS-derivatives names)."""
+    s = SCAN_STEM.format(pid=pid, ses=ses, film=film)
     return {
-        "mrs": f"results/convert/{SCAN_STEM}_svs.nii.gz".format(**wildcards),
-        "t1": f"results/convert/{anat}_T1w.nii.gz",
-        **{k: f"results/segment/{anat}_{v}.nii.gz" for k, v in SEG_MAPS.items()},
+        "svs": f"results/convert/{s}_svs.nii.gz",
+        "mrsref": f"results/convert/{s}_mrsref.nii.gz",
+        "metab": f"{PRE}_desc-metab_svs.nii.gz".format(pid=pid, ses=ses, film=film),
+        "water": f"{PRE}_desc-water_svs.nii.gz".format(pid=pid, ses=ses, film=film),
+        "qc": f"{PRE}_desc-qc.json".format(pid=pid, ses=ses, film=film),
+        "transients": f"{PRE}_desc-transients.tsv".format(pid=pid, ses=ses, film=film),
+        "tissue": f"{SEGOUT}_desc-tissue.json".format(pid=pid, ses=ses, film=film),
+        "fit_json": f"{FIT}_desc-fit.json".format(pid=pid, ses=ses, film=film),
+        "fit_tsv": f"{FIT}_desc-fit.tsv".format(pid=pid, ses=ses, film=film),
     }
+
+
+def t1_file(pid, ses):
+    return f"results/convert/{_anat(pid, ses)}_T1w.nii.gz"
+
+
+def participant_t1_sessions(pid):
+    return sorted(set(SCANS.loc[pid].t1_session))
+
+
+def convert_plan(pid):
+    """spec2nii / dcm2niix conversions of one participant: src (raw), out (NIfTI)."""
+    t1 = []
+    for ses in participant_t1_sessions(pid):
+        rows = SCANS.loc[pid]
+        src = rows[rows.t1_session == ses].t1w.iloc[0]
+        t1.append({"src": f"{RAW}/{src}", "out": t1_file(pid, ses)})
+    mrs = []
+    for ses, film, row in _scan_rows(pid):
+        f = scan_files(pid, ses, film)
+        mrs.append({"src": f"{RAW}/{row.mrs}", "acq": row.acq, "out": f["svs"]})
+        if row.acq == "ws":
+            mrs.append({"src": f"{RAW}/{row.water}", "acq": "ws", "out": f["mrsref"]})
+    return {"t1": t1, "mrs": mrs}
+
+
+def convert_inputs(wildcards):
+    """The participant's raw files (for the twin, its generated folder)."""
+    if TWIN:
+        return [f"{RAW}/{wildcards.pid}"]
+    plan = convert_plan(wildcards.pid)
+    return sorted({c["src"] for c in plan["t1"] + plan["mrs"]})
+
+
+def segment_plan(pid):
+    """Segment each T1 of the participant and register it to MNI152 (for the voxel-overlap
+    map of Fig. 1), then the tissue fractions of each scan's voxel on the T1 it was planned
+    on."""
+    t1 = [
+        {
+            "t1": t1_file(pid, ses),
+            "out_dir": f"results/segment/{pid}/{ses}/anat",
+            "xfm": f"results/segment/{_anat(pid, ses)}_from-T1w_to-MNI152_xfm.json",
+        }
+        for ses in participant_t1_sessions(pid)
+    ]
+    voxels = []
+    for ses, film, row in _scan_rows(pid):
+        f = scan_files(pid, ses, film)
+        voxels.append(
+            {
+                "t1": t1_file(pid, row.t1_session),
+                "mrs": f["svs"],
+                "json": f["tissue"],
+                "label": f"{ses} {film}",
+            }
+        )
+    return {"t1": t1, "voxels": voxels}
+
+
+def preprocess_plan(pid):
+    plan = []
+    for ses, film, row in _scan_rows(pid):
+        f = scan_files(pid, ses, film)
+        plan.append(
+            {
+                "mrs": f["svs"],
+                "water": f["mrsref"] if row.acq == "ws" else None,
+                "mode": "mc" if row.acq == "mc" else "classic",
+                "metab": f["metab"],
+                "water_out": f["water"],
+                "qc": f["qc"],
+                "transients": f["transients"],
+                "label": f"{ses} {film}",
+            }
+        )
+    return plan
+
+
+def fit_plan(pid):
+    plan = []
+    for ses, film, _ in _scan_rows(pid):
+        f = scan_files(pid, ses, film)
+        plan.append(
+            {
+                "metab": f["metab"],
+                "water": f["water"],
+                "tissue": f["tissue"],
+                "json": f["fit_json"],
+                "tsv": f["fit_tsv"],
+                "label": f"{ses} {film}",
+            }
+        )
+    return plan
+
+
+def all_scan_files(key):
+    """One derivative per scan, in scan-table order (for rules that take them as params)."""
+    return [scan_files(pid, ses, film)[key] for pid, ses, film in SCANS.index]
+
+
+def qc_page(what, caption, ext="png"):
+    """A participant's QC page of one step (a row per scan) as a report item."""
+    return report(
+        f"results/qc/{{pid}}_desc-{what}.{ext}",
+        caption=f"../report/{caption}",
+        category="3. Quality control",
+        subcategory="{pid}",
+        labels={"participant": "{pid}", "figure": what},
+    )
 
 
 def fit_params():

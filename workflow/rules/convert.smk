@@ -1,66 +1,23 @@
-# Stage 3: raw scanner exports -> NIfTI-MRS (spec2nii) and NIfTI (dcm2niix).
+# Stage 3: raw scanner exports -> NIfTI-MRS (spec2nii) and NIfTI (dcm2niix), one job per
+# participant (its T1 series and every spectrum + water reference; plan in common.smk).
 
 
-rule convert_mrs:
+rule convert:
     input:
-        raw_input("mrs"),
+        convert_inputs,
     output:
-        "results/convert/{pid}/{ses}/mrs/{pid}_{ses}_task-{film}_svs.nii.gz",
+        directory("results/convert/{pid}"),
     log:
-        "results/logs/convert_mrs/{pid}_{ses}_task-{film}.log",
+        "results/logs/convert/{pid}.log",
     benchmark:
-        "results/benchmarks/convert_mrs/{pid}_{ses}_task-{film}.tsv"
-    conda:
-        "../../envs/convert.yaml"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
-    params:
-        src=lambda w: raw_path(w, "mrs"),
-        acq=lambda w: scan(w).acq,
-    shell:
-        "python -m mrsflow convert-mrs --src {params.src:q} --acq {params.acq}"
-        " --out {output:q} > {log} 2>&1"
-
-
-rule convert_mrsref:
-    input:
-        raw_input("water"),
-    output:
-        "results/convert/{pid}/{ses}/mrs/{pid}_{ses}_task-{film}_mrsref.nii.gz",
-    log:
-        "results/logs/convert_mrsref/{pid}_{ses}_task-{film}.log",
-    benchmark:
-        "results/benchmarks/convert_mrsref/{pid}_{ses}_task-{film}.tsv"
-    conda:
-        "../../envs/convert.yaml"
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
-    params:
-        src=lambda w: raw_path(w, "water"),
-    shell:
-        "python -m mrsflow convert-mrs --src {params.src:q} --acq ws --out {output:q} > {log} 2>&1"
-
-
-rule convert_t1:
-    input:
-        lambda w: f"{RAW}/{w.pid}" if TWIN else t1_dicom(w),
-    output:
-        "results/convert/{pid}/{ses}/anat/{pid}_{ses}_T1w.nii.gz",
-    log:
-        "results/logs/convert_t1/{pid}_{ses}.log",
-    benchmark:
-        "results/benchmarks/convert_t1/{pid}_{ses}.tsv"
+        "results/benchmarks/convert/{pid}.tsv"
     conda:
         "../../envs/convert.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=5,
+        runtime=10,
     params:
-        src=t1_dicom,
+        plan=lambda w: as_json(convert_plan(w.pid)),
     shell:
-        "python -m mrsflow convert-t1 --src {params.src:q} --out {output:q} > {log} 2>&1"
+        "python -m mrsflow convert-participant --plan {params.plan:q} > {log} 2>&1"

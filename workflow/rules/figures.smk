@@ -1,43 +1,21 @@
-# Stage 10: registration of each T1 to MNI152 (for the voxel-overlap map) and the paper's
-# figures (mrsflow.register, mrsflow.figures).
+# Stage 10: the paper's figures (mrsflow.figures).
 
-REG = "results/register/{pid}/{ses}/anat/{pid}_{ses}_from-T1w_to-MNI152_xfm.json"
-# per scan (in scan_keys() order): the registration of the T1 the scan was planned on
+# per scan (in scan-table order): the T1 -> MNI registration of the T1 the scan was planned
+# on (written by the segment step, see segment.smk)
 SCAN_REGS = [
-    REG.format(pid=pid, ses=t1ses)
+    f"results/segment/{_anat(pid, t1ses)}_from-T1w_to-MNI152_xfm.json"
     for (pid, _, _), t1ses in zip(SCANS.index, SCANS.t1_session)
 ]
-
-
-rule register:
-    input:
-        t1="results/convert/{pid}/{ses}/anat/{pid}_{ses}_T1w.nii.gz",
-        mask=f"results/segment/{{pid}}/{{ses}}/anat/{{pid}}_{{ses}}_{SEG_MAPS['mask']}.nii.gz",
-    output:
-        REG,
-    log:
-        "results/logs/register/{pid}_{ses}.log",
-    benchmark:
-        "results/benchmarks/register/{pid}_{ses}.tsv"
-    conda:
-        "../../envs/figures.yaml"
-    threads: 1
-    resources:
-        mem_mb=1500,
-        runtime=10,
-    shell:
-        "python -m mrsflow register --t1 {input.t1:q} --mask {input.mask:q} --out {output:q}"
-        " > {log} 2>&1"
 
 
 rule figure1:
     input:
         metabolites="results/tables/metabolites.tsv",
         stats="results/stats/baseline_glu_welch.tsv",
-        xfm=expand(REG, zip, **t1_keys()),
-        mrs=expand(f"results/convert/{SCAN_STEM}_svs.nii.gz", zip, **scan_keys()),
-        spectra=expand(f"{PRE}_desc-metab_svs.nii.gz", zip, **scan_keys()),
-        fits=expand(f"{FIT}_desc-fit.json", zip, **scan_keys()),
+        segmented=participant_dirs("segment"),
+        converted=participant_dirs("convert"),
+        preprocessed=participant_dirs("preprocess"),
+        fitted=participant_dirs("fit"),
         basis=basis_files(),
     output:
         pdf="results/figures/fig1.pdf",
@@ -61,13 +39,16 @@ rule figure1:
         stats_dir=lambda w, input: Path(input.stats).parent,
         basis_dir=lambda w, input: Path(input.basis[0]).parent,
         voxel_xfm=" ".join(shlex.quote(p) for p in SCAN_REGS),
+        mrs=" ".join(shlex.quote(p) for p in all_scan_files("svs")),
+        spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),
+        fits=" ".join(shlex.quote(p) for p in all_scan_files("fit_json")),
         models=as_json(config["stats"]),
         fitting=as_json(fit_params()),
     shell:
         "python -m mrsflow figure1 --metabolites {input.metabolites:q}"
         " --stats-dir {params.stats_dir:q} --basis-dir {params.basis_dir:q}"
-        " --voxel-xfm {params.voxel_xfm} --voxel-mrs {input.mrs:q}"
-        " --spectra {input.spectra:q} --fits {input.fits:q}"
+        " --voxel-xfm {params.voxel_xfm} --voxel-mrs {params.mrs}"
+        " --spectra {params.spectra} --fits {params.fits}"
         " --models {params.models:q} --fitting {params.fitting:q}"
         " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
 

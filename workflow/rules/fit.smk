@@ -1,43 +1,31 @@
-# Stage 6: linear-combination fitting (builtin, or FSL-MRS where installed).
+# Stage 6: linear-combination fitting (builtin, or FSL-MRS where installed), one job per
+# participant; its QC page shows every fit.
 
 
 rule fit:
     input:
-        metab=f"{PRE}_desc-metab_svs.nii.gz",
-        water=f"{PRE}_desc-water_svs.nii.gz",
-        tissue=f"{SEGOUT}_desc-tissue.json",
+        preprocessed="results/preprocess/{pid}",
+        segmented="results/segment/{pid}",
         basis=basis_files(),
     output:
-        json=f"{FIT}_desc-fit.json",
-        tsv=f"{FIT}_desc-fit.tsv",
-        png=report(
-            f"{FIT}_desc-fit.png",
-            caption="../report/fit.rst",
-            category="3. Quality control",
-            subcategory="{pid} {ses} {film}",
-            labels={
-                "participant": "{pid}",
-                "session": "{ses}",
-                "film": "{film}",
-                "figure": "fit",
-            },
-        ),
+        directory("results/fit/{pid}"),
+        page=qc_page("fit", "fit.rst"),
     log:
-        "results/logs/fit/{pid}_{ses}_task-{film}.log",
+        "results/logs/fit/{pid}.log",
     benchmark:
-        "results/benchmarks/fit/{pid}_{ses}_task-{film}.tsv"
+        "results/benchmarks/fit/{pid}.tsv"
     conda:
         "../../envs/fit.yaml"
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=20,
     params:
         backend=config["fitting"]["backend"],
         params=as_json(fit_params()),
+        plan=lambda w: as_json(fit_plan(w.pid)),
         basis_dir=lambda w, input: Path(input.basis[0]).parent,
     shell:
-        "python -m mrsflow fit --metab {input.metab:q} --water {input.water:q}"
-        " --tissue {input.tissue:q} --basis-dir {params.basis_dir:q} --backend {params.backend}"
-        " --params {params.params:q} --json {output.json:q} --tsv {output.tsv:q}"
-        " --png {output.png:q} > {log} 2>&1"
+        "python -m mrsflow fit-participant --plan {params.plan:q}"
+        " --basis-dir {params.basis_dir:q} --backend {params.backend}"
+        " --params {params.params:q} --page {output.page:q} > {log} 2>&1"

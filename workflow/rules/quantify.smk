@@ -4,9 +4,9 @@
 rule quantify:
     input:
         sheets=sheet_files(),
-        fits=expand(f"{FIT}_desc-fit.json", zip, **scan_keys()),
-        tissue=expand(f"{SEGOUT}_desc-tissue.json", zip, **scan_keys()),
-        qc=expand(f"{PRE}_desc-qc.json", zip, **scan_keys()),
+        fitted=participant_dirs("fit"),
+        segmented=participant_dirs("segment"),
+        preprocessed=participant_dirs("preprocess"),
     output:
         metabolites=report(
             "results/tables/metabolites.tsv",

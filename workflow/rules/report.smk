@@ -156,9 +156,9 @@ rule verification:
 rule mrsinmrs:
     input:
         sheets=sheet_files(),
-        nifti=expand(f"results/convert/{SCAN_STEM}_svs.nii.gz", zip, **scan_keys()),
-        qc=expand(f"{PRE}_desc-qc.json", zip, **scan_keys()),
-        fit=expand(f"{FIT}_desc-fit.json", zip, **scan_keys()),
+        converted=participant_dirs("convert"),
+        preprocessed=participant_dirs("preprocess"),
+        fitted=participant_dirs("fit"),
         metabolites="results/tables/metabolites.tsv",
         exclusions="results/tables/exclusions.tsv",
         basis=basis_files()[0],
@@ -254,9 +254,9 @@ rule provenance:
 rule qc_scans:
     input:
         sheets=sheet_files(),
-        qc=expand(f"{PRE}_desc-qc.json", zip, **scan_keys()),
-        fit=expand(f"{FIT}_desc-fit.json", zip, **scan_keys()),
-        tissue=expand(f"{SEGOUT}_desc-tissue.json", zip, **scan_keys()),
+        preprocessed=participant_dirs("preprocess"),
+        fitted=participant_dirs("fit"),
+        segmented=participant_dirs("segment"),
         metabolites="results/tables/metabolites.tsv",
     output:
         tsv="results/report/qc_scans.tsv",
