@@ -18,9 +18,10 @@ The subject transform maps subject world ``w`` to MNI mm::
 nonlinear displacement (mm, world axes) spanned by separable low-frequency cosines of the
 acquisition voxel index (orders 0..3, random, seeded; its Jacobian is kept well below 1,
 so the warp is a diffeomorphism). Images are made by pulling the MNI maps through this
-mapping (``scipy.ndimage.map_coordinates``, trilinear, float32); the forward mapping
-``mni_to_world`` inverts it by fixed-point iteration ``w <- S mni - d(A^-1 w)``, which
-contracts by ``|grad d| < 0.3`` per step and is run to 1e-9 mm.
+mapping (trilinear, float32: ``scipy.ndimage.map_coordinates(order=1)``, computed by
+``_Sampler``); the forward mapping ``mni_to_world`` inverts it by fixed-point iteration
+``w <- S mni - d(A^-1 w)``, which contracts by ``|grad d| < 0.3`` per step and is run to
+1e-9 mm.
 
 The population scale: the MNI152 average brain is larger than individual brains
 (its brain mask is 1.89 L; typical adult brain+CSF masks are ~1.2-1.6 L; the linear
@@ -86,9 +87,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage as ndi
 
 from mrsflow.mni import nilearn_data_dir
 
@@ -211,6 +210,7 @@ def use_template_cache(path: Path | None) -> None:
     """Load the template from ``path`` (written by :func:`write_template_cache`)."""
     _TEMPLATE_CACHE[:] = [Path(path)] if path else []
     _template.cache_clear()
+    _samplers.cache_clear()
 
 
 @lru_cache(maxsize=1)
@@ -229,6 +229,10 @@ def _build_template() -> _Template:
 
 
 def _build_template_unthreaded() -> _Template:
+    # imported here only: participant jobs load the prepared template and need neither
+    import nibabel as nib
+    from scipy import ndimage as ndi
+
     d = nilearn_data_dir()
 
     def load(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -274,6 +278,8 @@ def _build_template_unthreaded() -> _Template:
 
 def _head_layers(mask: np.ndarray, aff: np.ndarray):
     """Non-brain head intensities on a 2 mm MNI grid (see module docstring)."""
+    from scipy import ndimage as ndi
+
     step = _HEAD_STEP_MM
     lo = np.array([-120.0, -160.0, -170.0])
     hi = np.array([120.0, 124.0, 140.0])
@@ -334,6 +340,126 @@ def _blas_single_thread():
         return
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+# ---------------------------------------------------------------------------------------
+# trilinear sampling
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    """Maps on one grid, prepared for fast trilinear sampling at many points.
+
+    Same values as ``scipy.ndimage.map_coordinates(order=1, mode="constant")`` (zero
+    wherever a coordinate is outside [0, n - 1]) up to float32 rounding, but the index and
+    weight arithmetic is shared by all maps, and cells whose eight corners are all zero
+    (air, outside the brain) are skipped. The maps are stored interleaved on the bounding
+    box of their nonzero voxels with two zero layers each side, so a coordinate clamped
+    into [lo - 2, hi] (stored index 0 .. dims - 2) reads only zeros beyond that box.
+    """
+
+    shape: tuple[int, int, int]  # the full source grid
+    lo: np.ndarray  # (3,) source index of the first nonzero voxel of the box (stored index 2)
+    hi: np.ndarray  # (3,) source index one past the last nonzero voxel
+    dims: tuple[int, int, int]  # stored (padded) grid
+    values: np.ndarray  # (prod(dims), m) float32
+    cells: np.ndarray  # (prod(dims),) bool: some corner of the cell at this index is nonzero
+
+    @classmethod
+    def of(cls, *maps: np.ndarray) -> _Sampler:
+        shape = maps[0].shape
+        nonzero = np.zeros(shape, bool)
+        for a in maps:
+            nonzero |= a != 0
+        spans = [np.flatnonzero(nonzero.any(axis=tuple({0, 1, 2} - {ax}))) for ax in range(3)]
+        lo = np.array([sp[0] for sp in spans])
+        hi = np.array([sp[-1] + 1 for sp in spans])
+        dims = tuple(int(n) + 4 for n in hi - lo)
+        # flat stored indices are formed exactly in float32 (see sample)
+        assert np.prod(dims) < 2**24, "source grid too large for float32 indices"
+        crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        inner = tuple(slice(2, n - 2) for n in dims)
+        values = np.zeros((*dims, len(maps)), np.float32)
+        for c, a in enumerate(maps):
+            values[(*inner, c)] = a[crop]
+        cells = np.zeros(dims, bool)
+        cells[inner] = nonzero[crop]
+        for ax in range(3):  # a cell (i, i + 1) is live if either end is
+            a, b = [slice(None)] * 3, [slice(None)] * 3
+            a[ax], b[ax] = slice(0, -1), slice(1, None)
+            cells[tuple(a)] |= cells[tuple(b)]
+        return cls(tuple(shape), lo, hi, dims, values.reshape(-1, len(maps)), cells.ravel())
+
+    @property
+    def n_maps(self) -> int:
+        return self.values.shape[1]
+
+    def sample(self, coords: np.ndarray) -> np.ndarray:
+        """(m, n) float32 values at source indices ``coords`` ((3, n) float32, overwritten)."""
+        strides = (self.dims[1] * self.dims[2], self.dims[2], 1)
+        flat = np.zeros(coords.shape[1], np.float32)
+        frac = []
+        for c, n, lo, hi, st in zip(coords, self.shape, self.lo, self.hi, strides, strict=True):
+            # outside [0, n - 1] the value is 0; where the maps reach the grid edge the
+            # clamp alone would not give that, so send such points to the zero padding
+            if lo == 0:
+                np.copyto(c, np.float32(-2), where=c < 0)
+            if hi == n:
+                np.copyto(c, np.float32(n), where=c > n - 1)
+            np.clip(c, np.float32(lo - 2), np.float32(hi), out=c)
+            c -= np.float32(lo - 2)
+            q = np.floor(c)
+            frac.append(c - q)
+            q *= np.float32(st)
+            flat += q
+        flat = flat.astype(np.intp)
+        live = np.flatnonzero(self.cells[flat])
+        m = self.n_maps
+        out = np.zeros((m, coords.shape[1]), np.float32)
+        if live.size == 0:
+            return out
+        base = flat[live]
+        # weights repeated per map, so that every operation below runs on equal-shaped
+        # contiguous (n_live, m) arrays (a broadcast (n, 1) * (n, 4) is several times slower)
+        fx, fy, fz = (np.repeat(f[live], m).reshape(-1, m) for f in frac)
+        s0, s1 = strides[0], strides[1]
+
+        def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+            b -= a  # a + t (b - a), in place in b
+            b *= t
+            b += a
+            return b
+
+        def take(o: int) -> np.ndarray:
+            return np.take(self.values, base + o, axis=0)
+
+        c0, c1, c2, c3 = (lerp(take(o), take(o + 1), fz) for o in (0, s1, s0, s0 + s1))
+        res = lerp(lerp(c0, c1, fy), lerp(c2, c3, fy), fx)
+        for c in range(m):
+            out[c, live] = res[:, c]
+        return out
+
+
+def _sample_points(maps: Sequence[np.ndarray], vox: np.ndarray) -> np.ndarray:
+    """(m, n) float32 trilinear values of ``maps`` at voxel indices ``vox`` (3, n), zero
+    outside the grid (``map_coordinates(order=1, mode="constant")``): a :class:`_Sampler`
+    of the maps cropped to the points' neighbourhood, for a few points on large grids."""
+    shape = np.array(maps[0].shape)
+    out = np.zeros((len(maps), vox.shape[1]), np.float32)
+    lo = np.clip(np.floor(vox.min(axis=1)).astype(int) - 1, 0, shape)
+    hi = np.clip(np.ceil(vox.max(axis=1)).astype(int) + 2, 0, shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub = [m[crop] for m in maps]
+    if np.any(hi <= lo) or not any(a.any() for a in sub):
+        return out
+    return _Sampler.of(*sub).sample((vox - lo[:, None]).astype(np.float32))
+
+
+@lru_cache(maxsize=1)
+def _samplers() -> tuple[_Sampler, _Sampler]:
+    """The template's brain maps (mask, GM, WM, texture) and head map, ready to sample."""
+    tpl = _template()
+    return _Sampler.of(tpl.mask, tpl.gm, tpl.wm, tpl.texture), _Sampler.of(tpl.head)
 
 
 # ---------------------------------------------------------------------------------------
@@ -448,25 +574,30 @@ def _make_subject_anatomy(rng: np.random.Generator, p: AnatomyParams) -> Subject
         hi = np.clip(hi, 0, shape)
         return tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
 
-    def coords_of(src_aff: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
-        """(3, *box shape) float32 indices into a source grid (src_aff, MNI mm) of the
-        acquisition voxels of box, through the subject transform."""
+    def pull(src: _Sampler, src_aff: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+        """(m, *box shape) float32: the maps of ``src`` (on the grid ``src_aff``, MNI mm)
+        at the acquisition voxels of ``box`` through the subject transform. The source
+        index of voxel (i, j, k) is affine in it plus the separable warp, i.e.
+        sum_r w_r(i) P_r(j, k) with w = (bx[:, i], 1, i): one small matrix product per
+        sagittal slab gives the slab's coordinates."""
         k = np.linalg.inv(src_aff) @ m_aff  # world -> src index
         lin = k[:3, :3] @ affine[:3, :3]
         off = k[:3, :3] @ affine[:3, 3] + k[:3, 3]
-        idx = [np.arange(s.start, s.stop, dtype=np.float32) for s in box]
+        ii, jj, kk = (np.arange(s.start, s.stop, dtype=float) for s in box)
         bx, by, bz = (b[:, s] for b, s in zip(bases, box, strict=True))
-        coords = np.empty((3, *(len(i) for i in idx)), np.float32)
-        for c in range(3):
-            cc = _separable(np.tensordot(k[c, :3], warp, axes=(0, 0)), bx, by, bz)
-            cc += (lin[c, 0] * idx[0] + off[c])[:, None, None]
-            cc += (lin[c, 1] * idx[1])[None, :, None]
-            cc += (lin[c, 2] * idx[2])[None, None, :]
-            coords[c] = cc
-        return coords
-
-    def sample(src: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        return ndi.map_coordinates(src, coords, order=1, mode="constant", output=np.float32)
+        wc = np.tensordot(k[:3, :3], warp, axes=(1, 0))  # (3, a, b, c): warp in src index
+        warp_planes = np.einsum("xabc,bj,ck->axjk", wc, by, bz, optimize=True)
+        aff_plane = lin[:, 1, None, None] * jj[:, None] + lin[:, 2, None, None] * kk
+        aff_plane += off[:, None, None]
+        i_plane = np.broadcast_to(lin[:, 0, None, None], aff_plane.shape)
+        planes = np.concatenate([warp_planes, aff_plane[None], i_plane[None]])
+        planes = planes.astype(np.float32).reshape(len(planes), -1)  # (A + 2, 3 nj nk)
+        weights = np.concatenate([bx, np.ones((1, len(ii))), ii[None]]).astype(np.float32)
+        out = np.empty((src.n_maps, len(ii), len(jj), len(kk)), np.float32)
+        for s in range(len(ii)):
+            coords = (weights[:, s] @ planes).reshape(3, -1)
+            out[:, s] = src.sample(coords).reshape(src.n_maps, len(jj), len(kk))
+        return out
 
     hbox = box_of(tpl.head_bbox_mni)
     bbox = box_of(tpl.brain_bbox_mni)
@@ -475,58 +606,63 @@ def _make_subject_anatomy(rng: np.random.Generator, p: AnatomyParams) -> Subject
         slice(b.start - h.start, b.stop - h.start) for b, h in zip(bbox, hbox, strict=True)
     )
 
-    # planted maps: the brain fraction on the whole brain box, the (masked) GM, WM and
-    # texture only where it is > 0 (elsewhere all eight neighbours are outside the mask)
-    coords = coords_of(tpl.affine, bbox)
-    br_b = sample(tpl.mask, coords)
-    inside = br_b > 0
-    coords = coords[:, inside]
-    gm_b, wm_b, tex_b = (np.zeros_like(br_b) for _ in range(3))
-    gm_b[inside] = sample(tpl.gm, coords)
-    wm_b[inside] = sample(tpl.wm, coords)
-    tex_b[inside] = sample(tpl.texture, coords)
-    del coords
-    csf_b = np.clip(br_b - gm_b - wm_b, 0.0, 1.0)
+    def place(a: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
+        """``a`` (on ``box``) on the whole grid, zero outside the box."""
+        if a.shape == shape:
+            return a
+        out = np.zeros(shape, a.dtype)
+        out[box] = a
+        return out
 
-    clean = sample(tpl.head, coords_of(tpl.head_affine, hbox))  # non-brain part
-    brain_sig = MU["csf"] * csf_b + MU["gm"] * gm_b + MU["wm"] * wm_b
-    brain_sig += p.texture_weight * (MU["wm"] - MU["gm"]) * tex_b
-    clean[rel] = (1.0 - br_b) * clean[rel] + brain_sig
+    # planted maps on the brain box: brain fraction, (masked) GM, WM and texture
+    brain_src, head_src = _samplers()
+    br_b, gm_b, wm_b, tex_b = pull(brain_src, tpl.affine, bbox)
+    csf_b = br_b - gm_b
+    csf_b -= wm_b
+    np.clip(csf_b, 0.0, 1.0, out=csf_b)
 
-    full = np.zeros(shape, np.float32)
-    head_mask = np.zeros(shape, bool)
-    head_mask[hbox] = clean > 0.02
+    # the clean image: the head outside the brain, the tissue model + texture inside
+    # (in place, with one scratch array: these are large)
+    clean = pull(head_src, tpl.head_affine, hbox)[0]
+    blend = clean[rel]
+    scratch = np.subtract(np.float32(1.0), br_b)
+    blend *= scratch
+    for a, w in ((csf_b, MU["csf"]), (gm_b, MU["gm"]), (wm_b, MU["wm"]),
+                 (tex_b, p.texture_weight * (MU["wm"] - MU["gm"]))):
+        blend += np.multiply(a, np.float32(w), out=scratch)
+    del scratch
+    head_mask = place(clean > 0.02, hbox)
 
     # bias field over the whole FOV
     bcoef = _random_field(rng, _BIAS_ORDER + 1, p.bias_sd, 1)[0]
     bb = [_cos_basis(n, _BIAS_ORDER + 1) for n in shape]
-    bias = np.exp(_separable(bcoef, *bb)).astype(np.float32)
+    bias = _separable(bcoef, *bb)
+    np.exp(bias, out=bias)
 
-    full[hbox] = clean * bias[hbox] * np.float32(p.wm_level)
+    # Rician magnitude |signal + n1 + i n2|, in place
+    clean *= bias[hbox]
+    clean *= np.float32(p.wm_level)
+    t1 = place(clean, hbox)
+    del clean
     sigma = float(p.noise_sd * p.wm_level)
-    n1 = rng.standard_normal(shape, dtype=np.float32)
-    n1 *= np.float32(sigma)
-    full += n1
-    del n1
-    n2 = rng.standard_normal(shape, dtype=np.float32)
-    n2 *= np.float32(sigma)
-    t1 = np.hypot(full, n2)
-    del n2, full
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    noise *= np.float32(sigma)
+    t1 += noise
+    t1 *= t1
+    rng.standard_normal(dtype=np.float32, out=noise)
+    noise *= np.float32(sigma)
+    noise *= noise
+    t1 += noise
+    del noise
+    np.sqrt(t1, out=t1)
 
-    def place(a: np.ndarray) -> np.ndarray:
-        out = np.zeros(shape, np.float32)
-        out[bbox] = a
-        return out
-
-    brain_mask = np.zeros(shape, bool)
-    brain_mask[bbox] = br_b >= 0.5
     return SubjectAnatomy(
         t1=t1,
         affine=affine,
-        gm=place(gm_b),
-        wm=place(wm_b),
-        csf=place(csf_b),
-        brain_mask=brain_mask,
+        gm=place(gm_b, bbox),
+        wm=place(wm_b, bbox),
+        csf=place(csf_b, bbox),
+        brain_mask=place(br_b >= 0.5, bbox),
         head_mask=head_mask,
         bias=bias,
         noise_sigma=sigma,
@@ -569,10 +705,7 @@ def voxel_truth_fractions(anat: SubjectAnatomy, mrs_affine: np.ndarray, n: int =
     ijk = np.array(np.meshgrid(g, g, g, indexing="ij")).reshape(3, -1).T
     world = _apply(np.asarray(mrs_affine, float), ijk)
     vox = _apply(np.linalg.inv(anat.affine), world).T
-    vals = [
-        float(ndi.map_coordinates(m, vox, order=1, mode="constant").mean())
-        for m in (anat.gm, anat.wm, anat.csf)
-    ]
+    vals = [float(v.mean()) for v in _sample_points((anat.gm, anat.wm, anat.csf), vox)]
     tot = sum(vals)
     if tot <= 0:
         return {"f_gm": np.nan, "f_wm": np.nan, "f_csf": np.nan, "brain_fraction": 0.0,
@@ -664,20 +797,28 @@ def write_t1_dicom(
     a converter such as dcm2niix. Everything is deterministic: UIDs are hashed from the
     seed, patient id and series, dates from the seed (no clock, no random state).
     """
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
     from pydicom.uid import ExplicitVRLittleEndian
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     vol = np.asarray(volume)
     order, flips, aff = _dicom_layout(vol.shape, np.asarray(affine, float), slice_axis)
-    arr = np.transpose(vol, order)
-    arr = arr[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
-
-    vmax = float(np.nanmax(arr)) if arr.size else 0.0
+    vmax = float(np.nanmax(vol)) if vol.size else 0.0
     slope_str = _ds(max(vmax, 1e-6) / 4095.0, 8)
     slope = float(slope_str)
-    pix = np.clip(np.rint(np.nan_to_num(arr) / slope), 0, 4095).astype("<u2")
+    # scale in the array's own (contiguous) order, in place, then reorder the uint16 pixels;
+    # fmax maps NaN to 0 (and the clip +/-inf to 4095/0), as nan_to_num then clip would
+    q = np.divide(vol, slope)
+    np.rint(q, out=q)
+    np.fmax(q, 0, out=q)
+    np.minimum(q, 4095, out=q)
+    pix = np.transpose(q.astype("<u2"), order)
+    pix = pix[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
 
     def uid(*parts: object) -> str:
         return _name_uid(str(study_uid_seed), patient_id, *map(str, parts))
@@ -769,17 +910,57 @@ def write_t1_dicom(
     ds.RescaleSlope = slope_str
     ds.RescaleType = "normalized"
 
+    # Only a few elements differ between slices. The rest of the file meta and of the
+    # dataset is encoded once, as the runs of (tag-ordered) elements between them, and each
+    # file is spliced from those runs: the same bytes as ds.save_as(path,
+    # enforce_file_format=True) per slice, without re-encoding ~90 elements 192 times.
+    charset = ds.SpecificCharacterSet
+
+    def element(tag: int, vr: str, value) -> bytes:
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = False, True
+        write_data_element(fp, DataElement(tag, vr, value), charset)
+        return fp.getvalue()
+
+    def runs(d: Dataset, cut: list[int]) -> list[bytes]:
+        """Encodings of the elements of d before, between and after the tags cut."""
+        assert cut == sorted(cut) and not any(t in d for t in cut)
+        out = []
+        for lo, hi in zip([-1, *cut], [*cut, 1 << 32], strict=True):
+            run = Dataset()
+            for elem in d:
+                if lo < elem.tag < hi:
+                    run.add(elem)
+            fp = DicomBytesIO()
+            fp.is_implicit_VR, fp.is_little_endian = False, True
+            write_dataset(fp, run, parent_encoding=charset)
+            out.append(fp.getvalue())
+        return out
+
+    # file meta: let pydicom complete and validate it once (version, group length)
+    meta.MediaStorageSOPInstanceUID = uid("instance", series_number, 0)
+    write_file_meta_info(DicomBytesIO(), meta, enforce_standard=True)
+    group_length, meta_sop = (tag_for_keyword(k) for k in (
+        "FileMetaInformationGroupLength", "MediaStorageSOPInstanceUID"))
+    del meta[group_length], meta[meta_sop]
+    meta_runs = runs(meta, [group_length, meta_sop])
+    per_slice = [(tag_for_keyword(k), dictionary_VR(k)) for k in (
+        "SOPInstanceUID", "InstanceNumber", "ImagePositionPatient", "SliceLocation")]
+    per_slice.append((tag_for_keyword("PixelData"), "OW"))  # OW: 16 bits allocated
+    ds_runs = runs(ds, [t for t, _ in per_slice])
+
     paths = []
     for s in range(pix.shape[0]):
         sop = uid("instance", series_number, s)
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.SOPInstanceUID = sop
-        ds.InstanceNumber = str(s + 1)
         pos = lps[:3, :3] @ np.array([s, 0.0, 0.0]) + lps[:3, 3]
-        ds.ImagePositionPatient = [_ds(float(v)) for v in pos]
-        ds.SliceLocation = _ds(float(pos @ normal))
-        ds.PixelData = pix[s].tobytes()
+        values = (sop, str(s + 1), [_ds(float(v)) for v in pos], _ds(float(pos @ normal)),
+                  pix[s].tobytes())
+        meta_rest = meta_runs[1] + element(meta_sop, "UI", sop) + meta_runs[2]
+        parts = [b"\x00" * 128, b"DICM", meta_runs[0],
+                 element(group_length, "UL", len(meta_rest)), meta_rest, ds_runs[0]]
+        for (tag, vr), value, run in zip(per_slice, values, ds_runs[1:], strict=True):
+            parts += [element(tag, vr, value), run]
         path = outdir / f"IM_{s + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        path.write_bytes(b"".join(parts))
         paths.append(path)
     return paths

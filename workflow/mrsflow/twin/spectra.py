@@ -297,9 +297,17 @@ def synthesize_scan(
         return metab(w)
 
     target = spec.target_linewidth_hz
+    lw_at: dict[float, float] = {}
+
+    def lw_of(w: float) -> float:
+        """QC FWHM of ideal(w), memoised: each costs a line fit, brentq re-evaluates the
+        bracket ends and the root it returns is one of its evaluated points."""
+        if w not in lw_at:
+            lw_at[w] = qc.linewidth_hz(ideal(w), dt, spec.f0_mhz, peak_ppm=qc.NAA_PPM)
+        return lw_at[w]
 
     def lw_err(w: float) -> float:
-        lw = qc.linewidth_hz(ideal(w), dt, spec.f0_mhz, peak_ppm=qc.NAA_PPM)
+        lw = lw_of(w)
         # no half-maximum crossing inside the window = broader than measurable
         return lw - target if np.isfinite(lw) else target
 
@@ -318,7 +326,7 @@ def synthesize_scan(
     m_full = m0 * t2m * vt
     ideal_metab = m_full
     ideal_water = float(water_amplitude) * t2w * vt
-    lw_planted = qc.linewidth_hz(ideal_metab, dt, spec.f0_mhz, peak_ppm=qc.NAA_PPM)
+    lw_planted = lw_of(w)  # ideal_metab is ideal(w)
     lw_water = qc.linewidth_hz(ideal_water, dt, spec.f0_mhz, peak_ppm=qc.WATER_PPM)
 
     # ---- per-row truth -------------------------------------------------------------------------
