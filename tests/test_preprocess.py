@@ -332,3 +332,30 @@ def test_row_order_of_higher_dimensions():
     np.testing.assert_array_equal(rows[2], x[:, 0, 1])
     single = P._rows_from(x[:, 0, 0][None, None, None], {}, "classic")
     assert single.shape == (1, 4)
+
+
+def test_participant_step_matches_single_scans_and_draws_a_row_per_scan(tmp_path):
+    """run_participant (one process per participant in the workflow) writes, for each scan
+    of its plan, byte for byte what run_preprocess writes for that scan alone, and one QC
+    page whose height grows with the number of scans."""
+    from PIL import Image
+
+    plan = []
+    for k, seed in enumerate((3, 4)):
+        write_mc(synth(seed), tmp_path / f"s{k}.nii.gz")
+        run(tmp_path, name=f"s{k}")  # the single-scan reference outputs
+        plan.append({"mrs": str(tmp_path / f"s{k}.nii.gz"), "water": None, "mode": "mc",
+                     "label": f"scan {k}", **{
+                         key: str(tmp_path / "p" / f"s{k}_{suffix}") for key, suffix in (
+                             ("metab", "metab.nii.gz"), ("water_out", "water.nii.gz"),
+                             ("qc", "qc.json"), ("transients", "transients.tsv"))}})
+    params = {"timestamp": "2024-01-01T00:00:00+00:00"}
+    P.run_participant(plan, tmp_path / "p" / "page.png", params=params)
+    for k in range(2):
+        for suffix in ("metab.nii.gz", "water.nii.gz", "qc.json", "transients.tsv"):
+            got = (tmp_path / "p" / f"s{k}_{suffix}").read_bytes()
+            assert got == (tmp_path / f"s{k}_{suffix}").read_bytes(), (k, suffix)
+    P.run_participant(plan[:1], tmp_path / "p" / "one.png", params=params)
+    two = Image.open(tmp_path / "p" / "page.png").size
+    one = Image.open(tmp_path / "p" / "one.png").size
+    assert two[0] == one[0] and two[1] == 2 * one[1], (one, two)

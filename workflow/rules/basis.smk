@@ -3,10 +3,7 @@
 
 rule basis:
     output:
-        json=expand(
-            "results/basis/{{name}}/{entry}.json",
-            entry=basis_entries(),
-        ),
+        json=directory("results/basis/{name}"),
         png=report(
             "results/basis/{name}.png",
             caption="../report/basis.rst",
@@ -28,4 +25,4 @@ rule basis:
         basis=as_json(config["basis"]),
     shell:
         "python -m mrsflow basis --sequence {params.sequence:q} --basis {params.basis:q}"
-        " --outdir results/basis/{wildcards.name} --png {output.png} > {log} 2>&1"
+        " --outdir {output.json:q} --png {output.png:q} > {log} 2>&1"

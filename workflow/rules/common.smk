@@ -5,6 +5,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 # The Snakefile itself imports mrsflow (scan table, design): make it importable whether or
 # not the package is pip-installed in the environment that runs snakemake.
@@ -72,12 +73,13 @@ def basis_entries():
     )
 
 
-def basis_files(name=BASIS_NAME):
-    return expand(f"results/basis/{name}/{{entry}}.json", entry=basis_entries())
+# the basis set: one folder of FSL-MRS JSON files (one per metabolite / macromolecule), an
+# input of every fit and twin job as a folder (one DAG node, not ~30 files per job)
+BASIS_DIR = f"results/basis/{BASIS_NAME}"
 
 
 def basis_outputs():
-    return basis_files() + [f"results/basis/{BASIS_NAME}.png"]
+    return [BASIS_DIR, f"results/basis/{BASIS_NAME}.png"]
 
 
 def twin_outputs():
@@ -132,9 +134,16 @@ def participant_dirs(stage):
     return expand("results/{stage}/{pid}", stage=stage, pid=PARTICIPANTS)
 
 
+# the scan table as plain records per participant (plans are built for every job when the
+# DAG is; dict look-ups keep that cheap for studies of thousands of participants)
+_ROWS = {}
+for _rec in SCANS.reset_index().to_dict("records"):
+    _ROWS.setdefault(_rec["participant_id"], []).append(SimpleNamespace(**_rec))
+
+
 def _scan_rows(pid):
     """(session, film, row) for every scan of a participant, in scan-table order."""
-    return [(ses, film, row) for (ses, film), row in SCANS.loc[pid].iterrows()]
+    return [(r.session, r.film, r) for r in _ROWS[pid]]
 
 
 def _anat(pid, ses):
@@ -162,15 +171,14 @@ def t1_file(pid, ses):
 
 
 def participant_t1_sessions(pid):
-    return sorted(set(SCANS.loc[pid].t1_session))
+    return sorted({r.t1_session for r in _ROWS[pid]})
 
 
 def convert_plan(pid):
     """spec2nii / dcm2niix conversions of one participant: src (raw), out (NIfTI)."""
     t1 = []
     for ses in participant_t1_sessions(pid):
-        rows = SCANS.loc[pid]
-        src = rows[rows.t1_session == ses].t1w.iloc[0]
+        src = next(r.t1w for r in _ROWS[pid] if r.t1_session == ses)
         t1.append({"src": f"{RAW}/{src}", "out": t1_file(pid, ses)})
     mrs = []
     for ses, film, row in _scan_rows(pid):

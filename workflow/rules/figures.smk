@@ -16,7 +16,7 @@ rule figure1:
         converted=participant_dirs("convert"),
         preprocessed=participant_dirs("preprocess"),
         fitted=participant_dirs("fit"),
-        basis=basis_files(),
+        basis=BASIS_DIR,
     output:
         pdf="results/figures/fig1.pdf",
         png=report(
@@ -37,7 +37,7 @@ rule figure1:
         runtime=10,
     params:
         stats_dir=lambda w, input: Path(input.stats).parent,
-        basis_dir=lambda w, input: Path(input.basis[0]).parent,
+        basis_dir=lambda w, input: input.basis,
         voxel_xfm=" ".join(shlex.quote(p) for p in SCAN_REGS),
         mrs=" ".join(shlex.quote(p) for p in all_scan_files("svs")),
         spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),

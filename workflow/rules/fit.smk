@@ -6,7 +6,7 @@ rule fit:
     input:
         preprocessed="results/preprocess/{pid}",
         segmented="results/segment/{pid}",
-        basis=basis_files(),
+        basis=BASIS_DIR,
     output:
         directory("results/fit/{pid}"),
         page=qc_page("fit", "fit.rst"),
@@ -24,8 +24,7 @@ rule fit:
         backend=config["fitting"]["backend"],
         params=as_json(fit_params()),
         plan=lambda w: as_json(fit_plan(w.pid)),
-        basis_dir=lambda w, input: Path(input.basis[0]).parent,
     shell:
         "python -m mrsflow fit-participant --plan {params.plan:q}"
-        " --basis-dir {params.basis_dir:q} --backend {params.backend}"
+        " --basis-dir {input.basis:q} --backend {params.backend}"
         " --params {params.params:q} --page {output.page:q} > {log} 2>&1"

@@ -161,7 +161,7 @@ rule mrsinmrs:
         fitted=participant_dirs("fit"),
         metabolites="results/tables/metabolites.tsv",
         exclusions="results/tables/exclusions.tsv",
-        basis=basis_files()[0],
+        basis=BASIS_DIR,
         verification=VERIFICATION_YAML,
     output:
         tsv="results/report/mrsinmrs.tsv",
@@ -205,12 +205,13 @@ rule mrsinmrs:
                 "fit": f"{FIT}_desc-fit.json",
             }
         ),
+        basis_json=f"{BASIS_DIR}/{basis_entries()[0]}.json",
         snakemake_version=SNAKEMAKE_VERSION,
     shell:
         "python -m mrsflow report-mrsinmrs --raw-dir {params.raw_dir:q}"
         " --patterns {params.patterns:q} --config {params.config:q}"
         " --metabolites {input.metabolites:q} --exclusions {input.exclusions:q}"
-        " --basis {input.basis:q} --verification {input.verification:q}"
+        " --basis {params.basis_json:q} --verification {input.verification:q}"
         " --snakemake-version {params.snakemake_version:q} --out {output.tsv:q}"
         " --html {output.html:q} > {log} 2>&1"
 

@@ -50,7 +50,7 @@ rule twin_template:
 
 rule twin_participant:
     input:
-        basis=basis_files(),
+        basis=BASIS_DIR,
         template="results/twin/template.npz",
     output:
         raw=directory(f"{RAW}/{{pid}}"),
@@ -70,13 +70,12 @@ rule twin_participant:
         runtime=10,
     params:
         config=as_json({k: config[k] for k in ("twin", "sequence", "quantify")}),
-        basis_dir=lambda w, input: Path(input.basis[0]).parent,
         raw_dir=lambda w, output: Path(output.raw).parent,
         truth_dir=lambda w, output: Path(output.truth[0]).parent,
     shell:
         "python -m mrsflow twin-participant --config {params.config:q} --participant {wildcards.pid}"
         " --raw-dir {params.raw_dir:q} --truth-dir {params.truth_dir:q}"
-        " --basis-dir {params.basis_dir:q} --template {input.template:q}"
+        " --basis-dir {input.basis:q} --template {input.template:q}"
         " > {log} 2>&1"
 
 
