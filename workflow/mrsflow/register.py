@@ -377,11 +377,12 @@ def _rounded(obj, digits: int = 8):
     return obj
 
 
-def run_register(t1_nii, mask_nii, out_json) -> dict:
+def run_register(t1_nii, mask_nii, out_json, *, images=None) -> dict:
     """Register and write the JSON: ``matrix`` (4 x 4, subject world RAS mm -> MNI mm, row
     major), ``from``/``to`` spaces, the template, ``similarity`` (NCC) and diagnostics.
-    Returns the dict as written."""
-    r = _register(t1_nii, mask_nii)
+    ``images``: the (T1, mask) of those files if already loaded. Returns the dict as
+    written."""
+    r = _register(*(images if images is not None else (t1_nii, mask_nii)))
     out = {
         "from": "T1w",
         "to": TEMPLATE_NAME,

@@ -992,6 +992,13 @@ def run_segment(
     """Segment a T1 NIfTI and write ``<stem>_label-{GM,WM,CSF}_probseg.nii.gz`` and
     ``<stem>_desc-brain_mask.nii.gz`` into out_dir (stem defaults to the T1 name without
     ``_T1w.nii.gz``). Returns the paths keyed GM, WM, CSF, mask."""
+    return _segment_to_files(t1_nii, out_dir, backend, stem=stem, seed=seed)[0]
+
+
+def _segment_to_files(t1_nii: Path, out_dir: Path, backend: str, *, stem: str | None,
+                      seed: int) -> tuple[dict[str, Path], Segmentation, nib.Nifti1Image]:
+    """:func:`run_segment`, also returning the segmentation exactly as written (float32
+    maps, boolean mask) and the loaded T1 image, for steps that go on in the same process."""
     t1_nii, out_dir = Path(t1_nii), Path(out_dir)
     if not t1_nii.exists():
         raise InputError(f"{t1_nii}: T1 image not found")
@@ -1016,7 +1023,8 @@ def run_segment(
         out.set_data_dtype(arr.dtype)
         out.header.set_slope_inter(1.0, 0.0)
         _save_nifti_gz(out, paths[key])
-    return paths
+    written = Segmentation(maps["GM"], maps["WM"], maps["CSF"], maps["mask"] > 0)
+    return paths, written, img
 
 
 def load_segmentation(seg_paths: Mapping[str, Path]) -> tuple[Segmentation, np.ndarray]:
@@ -1085,20 +1093,19 @@ def run_participant(plan: dict, png: Path | None, *, backend: str = "auto",
     loaded = {}
     for item in plan["t1"]:
         t0 = time.perf_counter()
-        paths = run_segment(Path(item["t1"]), Path(item["out_dir"]), backend=backend)
+        paths, seg, t1 = _segment_to_files(Path(item["t1"]), Path(item["out_dir"]), backend,
+                                           stem=None, seed=0)
         print(f"segmented {item['t1']} in {time.perf_counter() - t0:.2f} s", flush=True)
         if item.get("xfm"):
             from mrsflow import register
 
             t0 = time.perf_counter()
-            reg = register.run_register(Path(item["t1"]), paths["mask"], Path(item["xfm"]))
+            mask = nib.Nifti1Image(seg.brain_mask.astype(np.uint8), t1.affine)
+            reg = register.run_register(Path(item["t1"]), paths["mask"], Path(item["xfm"]),
+                                        images=(t1, mask))
             print(f"registered {item['t1']} to MNI152 in {time.perf_counter() - t0:.2f} s "
                   f"(NCC {reg['similarity']['value']:.3f})", flush=True)
-        seg, seg_aff = load_segmentation(paths)
-        t1 = nib.load(item["t1"])
-        if not np.allclose(seg_aff, t1.affine, atol=1e-3) or seg.gm.shape != t1.shape[:3]:
-            raise InputError(f"{paths['GM']}: segmentation grid differs from {item['t1']}")
-        loaded[item["t1"]] = (seg, seg_aff, t1)
+        loaded[item["t1"]] = (seg, t1.affine, t1)
     rows, backgrounds = [], {}
     for v in plan["voxels"]:
         if v["t1"] not in loaded:
