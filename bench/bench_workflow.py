@@ -59,6 +59,8 @@ def snakemake(workdir: Path, override: dict, *args: str, targets: list[str] = ()
         "--configfile",
         str(ROOT / "config" / "config.yaml"),
         str(cfg),
+        "--profile",  # the README's command: workstation profile, two cores
+        str(ROOT / "workflow" / "profiles" / "default"),
         "--cores",
         "2",
         "--quiet",

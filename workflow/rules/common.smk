@@ -1,6 +1,7 @@
 # Shared helpers: config access, the scan table, input functions. Logic that is more than
 # bookkeeping lives in the mrsflow package (workflow/mrsflow).
 
+import functools
 import json
 import shlex
 import sys
@@ -257,6 +258,19 @@ def fit_plan(pid):
             }
         )
     return plan
+
+
+@functools.lru_cache(maxsize=None)
+def plan_json(step, pid):
+    """A participant's plan of one step as the JSON its job gets. Cached: snakemake
+    re-evaluates the params of every waiting job each time it selects jobs to run."""
+    plans = {
+        "convert": convert_plan,
+        "segment": segment_plan,
+        "preprocess": preprocess_plan,
+        "fit": fit_plan,
+    }
+    return as_json(plans[step](pid))
 
 
 def all_scan_files(key):

@@ -18,6 +18,6 @@ rule convert:
         mem_mb=1000,
         runtime=10,
     params:
-        plan=lambda w: as_json(convert_plan(w.pid)),
+        plan=lambda w: plan_json("convert", w.pid),
     shell:
         "python -m mrsflow convert-participant --plan {params.plan:q} > {log} 2>&1"

@@ -23,7 +23,7 @@ rule fit:
     params:
         backend=config["fitting"]["backend"],
         params=as_json(fit_params()),
-        plan=lambda w: as_json(fit_plan(w.pid)),
+        plan=lambda w: plan_json("fit", w.pid),
     shell:
         "python -m mrsflow fit-participant --plan {params.plan:q}"
         " --basis-dir {input.basis:q} --backend {params.backend}"

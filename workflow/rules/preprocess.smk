@@ -20,7 +20,7 @@ rule preprocess:
         mem_mb=800,
         runtime=10,
     params:
-        plan=lambda w: as_json(preprocess_plan(w.pid)),
+        plan=lambda w: plan_json("preprocess", w.pid),
         params=as_json(config["preprocess"]),
     shell:
         "python -m mrsflow preprocess-participant --plan {params.plan:q}"

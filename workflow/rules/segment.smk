@@ -22,7 +22,7 @@ rule segment:
         runtime=30,
     params:
         backend=config["segment"]["backend"],
-        plan=lambda w: as_json(segment_plan(w.pid)),
+        plan=lambda w: plan_json("segment", w.pid),
     shell:
         "python -m mrsflow segment-participant --plan {params.plan:q}"
         " --backend {params.backend} --page {output.page:q} > {log} 2>&1"
