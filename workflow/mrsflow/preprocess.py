@@ -1093,6 +1093,19 @@ def run_preprocess(
 ) -> dict:
     """Preprocess one converted scan (NIfTI-MRS) and write the outputs (the PNG only if
     ``out_png`` is given and params' ``plot`` is true); returns the QC."""
+    qcd, res, dwell = _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json,
+                                       out_transients_tsv, mode=mode, water_nii=water_nii,
+                                       params=params)
+    if _merge_params(params)["plot"] and out_png is not None:
+        plot_processed(out_png, res.metab, res.water, dwell, qcd["f0_mhz"],
+                       _title(Path(mrs_nii).name, res.qc))
+    return qcd
+
+
+def _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json, out_transients_tsv, *,
+                     mode, water_nii, params):
+    """:func:`run_preprocess` without the picture; returns (QC dict, the processing result
+    with the metabolite and water FIDs, dwell time in s)."""
     p = _merge_params(params)
     data, ext, affine, dwell, img = read_nifti_mrs(mrs_nii)
     f0 = float(ext["SpectrometerFrequency"][0])
@@ -1154,35 +1167,26 @@ def run_preprocess(
     out_qc_json.write_text(json.dumps(_fmt(qcd), indent=1, sort_keys=True) + "\n",
                            encoding="utf-8")
     write_transients_tsv(out_transients_tsv, res.table)
-    if p["plot"] and out_png is not None:
-        plot_processed(out_png, res.metab, res.water, dwell, f0, _title(Path(mrs_nii).name,
-                                                                        res.qc))
-    return qcd
+    return qcd, res, dwell
 
 
 def run_participant(plan: list[dict], png: Path | None, *, params: dict | None = None) -> None:
     """The preprocess step of one participant: :func:`run_preprocess` for every scan of
     ``plan`` (dicts with mrs, water (or None), mode, metab, water_out, qc, transients, label)
-    in one process, then one QC page with a row per scan (from the written spectra)."""
-    done = []
+    in one process, then one QC page with a row per scan."""
+    rows = []
     for item in plan:
         water = item.get("water")
         t0 = time.perf_counter()
-        q = run_preprocess(
+        q, res, dwell = _preprocess_scan(
             Path(item["mrs"]), Path(item["metab"]), Path(item["water_out"]), Path(item["qc"]),
-            Path(item["transients"]), None, mode=item["mode"],
+            Path(item["transients"]), mode=item["mode"],
             water_nii=Path(water) if water else None, params=params,
         )
         print(f"preprocessed {item['mrs']} in {time.perf_counter() - t0:.2f} s: SNR "
               f"{q['snr']:.1f}", flush=True)
-        done.append((item, q))
-    if png is None:
-        return
-    rows = []
-    for item, q in done:
-        metab, _, _, dwell, _ = read_nifti_mrs(Path(item["metab"]))
-        water, *_ = read_nifti_mrs(Path(item["water_out"]))
         title = _title(item.get("label") or Path(item["mrs"]).name, q)
-        rows.append(functools.partial(draw_processed, metab=metab.ravel(), water=water.ravel(),
+        rows.append(functools.partial(draw_processed, metab=res.metab, water=res.water,
                                       dwell_s=dwell, f0_mhz=q["f0_mhz"], title=title))
-    qcpage.save_rows(png, rows, width_in=9.0, row_height_in=2.6)
+    if png is not None:
+        qcpage.save_rows(png, rows, width_in=9.0, row_height_in=2.6)

@@ -998,19 +998,20 @@ def run_segment(
 def _segment_to_files(t1_nii: Path, out_dir: Path, backend: str, *, stem: str | None,
                       seed: int) -> tuple[dict[str, Path], Segmentation, nib.Nifti1Image]:
     """:func:`run_segment`, also returning the segmentation exactly as written (float32
-    maps, boolean mask) and the loaded T1 image, for steps that go on in the same process."""
+    maps, boolean mask) and the T1 as an in-memory image (its voxels read once), for steps
+    that go on in the same process."""
     t1_nii, out_dir = Path(t1_nii), Path(out_dir)
     if not t1_nii.exists():
         raise InputError(f"{t1_nii}: T1 image not found")
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or _stem(t1_nii)
     img = nib.load(t1_nii)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
     name = resolve_backend(backend)
     if name == "fsl_fast":
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             seg = run_fast(t1_nii, Path(tmp) / "fast")
     else:
-        data = np.asanyarray(img.dataobj).astype(np.float32)
         seg = segment_t1(data, img.affine, seed=seed)
     paths = segmentation_paths(out_dir, stem)
     hdr = img.header.copy()
@@ -1024,7 +1025,7 @@ def _segment_to_files(t1_nii: Path, out_dir: Path, backend: str, *, stem: str | 
         out.header.set_slope_inter(1.0, 0.0)
         _save_nifti_gz(out, paths[key])
     written = Segmentation(maps["GM"], maps["WM"], maps["CSF"], maps["mask"] > 0)
-    return paths, written, img
+    return paths, written, nib.Nifti1Image(data, img.affine, img.header)
 
 
 def load_segmentation(seg_paths: Mapping[str, Path]) -> tuple[Segmentation, np.ndarray]:
@@ -1105,14 +1106,14 @@ def run_participant(plan: dict, png: Path | None, *, backend: str = "auto",
                                         images=(t1, mask))
             print(f"registered {item['t1']} to MNI152 in {time.perf_counter() - t0:.2f} s "
                   f"(NCC {reg['similarity']['value']:.3f})", flush=True)
-        loaded[item["t1"]] = (seg, t1.affine, t1)
+        loaded[item["t1"]] = (seg, t1)
     rows, backgrounds = [], {}
     for v in plan["voxels"]:
         if v["t1"] not in loaded:
             raise InputError(f"{v['mrs']}: its T1 {v['t1']} is not among the participant's "
                              "segmented T1s")
-        seg, seg_aff, t1 = loaded[v["t1"]]
-        fr, mrs_affine = _voxel_fractions(Path(v["t1"]), seg, seg_aff, Path(v["mrs"]),
+        seg, t1 = loaded[v["t1"]]
+        fr, mrs_affine = _voxel_fractions(Path(v["t1"]), seg, t1.affine, Path(v["mrs"]),
                                           Path(v["json"]),
                                           min_brain_fraction=min_brain_fraction)
         print(f"tissue fractions of {v['mrs']}: GM {fr['f_gm']:.3f} WM {fr['f_wm']:.3f} "

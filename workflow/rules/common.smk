@@ -62,12 +62,6 @@ SCANS = _scan_table()
 PARTICIPANTS = sorted(SCANS.index.unique("participant_id"))
 
 
-def t1_keys():
-    """The T1 series of the study as (participant, session-of-T1) pairs."""
-    pairs = sorted(set(zip(SCANS.index.get_level_values(0), SCANS.t1_session)))
-    return {"pid": [p for p, _ in pairs], "ses": [s for _, s in pairs]}
-
-
 def basis_entries():
     return list(config["basis"]["metabolites"]) + list(
         config["basis"]["macromolecules"]
@@ -97,12 +91,6 @@ SCAN_STEM = "{pid}/{ses}/mrs/{pid}_{ses}_task-{film}"
 PRE = f"results/preprocess/{SCAN_STEM}"
 SEGOUT = f"results/segment/{SCAN_STEM}"
 FIT = f"results/fit/{SCAN_STEM}"
-SEG_MAPS = {
-    "gm": "label-GM_probseg",
-    "wm": "label-WM_probseg",
-    "csf": "label-CSF_probseg",
-    "mask": "desc-brain_mask",
-}
 
 
 def sheet_files():
@@ -127,10 +115,6 @@ def sheet_files():
 # folder as its output.
 
 
-def participant_dir(stage, pid):
-    return f"results/{stage}/{pid}"
-
-
 def participant_dirs(stage):
     return expand("results/{stage}/{pid}", stage=stage, pid=PARTICIPANTS)
 
@@ -142,33 +126,35 @@ for _rec in SCANS.reset_index().to_dict("records"):
     _ROWS.setdefault(_rec["participant_id"], []).append(SimpleNamespace(**_rec))
 
 
-def _scan_rows(pid):
-    """(session, film, row) for every scan of a participant, in scan-table order."""
-    return [(r.session, r.film, r) for r in _ROWS[pid]]
-
-
 def _anat(pid, ses):
     return f"{pid}/{ses}/anat/{pid}_{ses}"
 
 
 def scan_files(pid, ses, film):
     """Every derivative path of one scan (BIDS-derivatives names)."""
-    s = SCAN_STEM.format(pid=pid, ses=ses, film=film)
+    keys = {"pid": pid, "ses": ses, "film": film}
+    conv = f"results/convert/{SCAN_STEM}".format(**keys)
+    pre, seg, fit = (p.format(**keys) for p in (PRE, SEGOUT, FIT))
     return {
-        "svs": f"results/convert/{s}_svs.nii.gz",
-        "mrsref": f"results/convert/{s}_mrsref.nii.gz",
-        "metab": f"{PRE}_desc-metab_svs.nii.gz".format(pid=pid, ses=ses, film=film),
-        "water": f"{PRE}_desc-water_svs.nii.gz".format(pid=pid, ses=ses, film=film),
-        "qc": f"{PRE}_desc-qc.json".format(pid=pid, ses=ses, film=film),
-        "transients": f"{PRE}_desc-transients.tsv".format(pid=pid, ses=ses, film=film),
-        "tissue": f"{SEGOUT}_desc-tissue.json".format(pid=pid, ses=ses, film=film),
-        "fit_json": f"{FIT}_desc-fit.json".format(pid=pid, ses=ses, film=film),
-        "fit_tsv": f"{FIT}_desc-fit.tsv".format(pid=pid, ses=ses, film=film),
+        "svs": f"{conv}_svs.nii.gz",
+        "mrsref": f"{conv}_mrsref.nii.gz",
+        "metab": f"{pre}_desc-metab_svs.nii.gz",
+        "water": f"{pre}_desc-water_svs.nii.gz",
+        "qc": f"{pre}_desc-qc.json",
+        "transients": f"{pre}_desc-transients.tsv",
+        "tissue": f"{seg}_desc-tissue.json",
+        "fit_json": f"{fit}_desc-fit.json",
+        "fit_tsv": f"{fit}_desc-fit.tsv",
     }
 
 
 def t1_file(pid, ses):
     return f"results/convert/{_anat(pid, ses)}_T1w.nii.gz"
+
+
+def xfm_file(pid, ses):
+    """The T1 -> MNI152 affine of a T1 (written by the segment step)."""
+    return f"results/segment/{_anat(pid, ses)}_from-T1w_to-MNI152_xfm.json"
 
 
 def participant_t1_sessions(pid):
@@ -182,8 +168,8 @@ def convert_plan(pid):
         src = next(r.t1w for r in _ROWS[pid] if r.t1_session == ses)
         t1.append({"src": f"{RAW}/{src}", "out": t1_file(pid, ses)})
     mrs = []
-    for ses, film, row in _scan_rows(pid):
-        f = scan_files(pid, ses, film)
+    for row in _ROWS[pid]:
+        f = scan_files(pid, row.session, row.film)
         mrs.append({"src": f"{RAW}/{row.mrs}", "acq": row.acq, "out": f["svs"]})
         if row.acq == "ws":
             mrs.append({"src": f"{RAW}/{row.water}", "acq": "ws", "out": f["mrsref"]})
@@ -206,19 +192,19 @@ def segment_plan(pid):
         {
             "t1": t1_file(pid, ses),
             "out_dir": f"results/segment/{pid}/{ses}/anat",
-            "xfm": f"results/segment/{_anat(pid, ses)}_from-T1w_to-MNI152_xfm.json",
+            "xfm": xfm_file(pid, ses),
         }
         for ses in participant_t1_sessions(pid)
     ]
     voxels = []
-    for ses, film, row in _scan_rows(pid):
-        f = scan_files(pid, ses, film)
+    for row in _ROWS[pid]:
+        f = scan_files(pid, row.session, row.film)
         voxels.append(
             {
                 "t1": t1_file(pid, row.t1_session),
                 "mrs": f["svs"],
                 "json": f["tissue"],
-                "label": f"{ses} {film}",
+                "label": f"{row.session} {row.film}",
             }
         )
     return {"t1": t1, "voxels": voxels}
@@ -226,8 +212,8 @@ def segment_plan(pid):
 
 def preprocess_plan(pid):
     plan = []
-    for ses, film, row in _scan_rows(pid):
-        f = scan_files(pid, ses, film)
+    for row in _ROWS[pid]:
+        f = scan_files(pid, row.session, row.film)
         plan.append(
             {
                 "mrs": f["svs"],
@@ -237,7 +223,7 @@ def preprocess_plan(pid):
                 "water_out": f["water"],
                 "qc": f["qc"],
                 "transients": f["transients"],
-                "label": f"{ses} {film}",
+                "label": f"{row.session} {row.film}",
             }
         )
     return plan
@@ -245,8 +231,8 @@ def preprocess_plan(pid):
 
 def fit_plan(pid):
     plan = []
-    for ses, film, _ in _scan_rows(pid):
-        f = scan_files(pid, ses, film)
+    for row in _ROWS[pid]:
+        f = scan_files(pid, row.session, row.film)
         plan.append(
             {
                 "metab": f["metab"],
@@ -254,7 +240,7 @@ def fit_plan(pid):
                 "tissue": f["tissue"],
                 "json": f["fit_json"],
                 "tsv": f["fit_tsv"],
-                "label": f"{ses} {film}",
+                "label": f"{row.session} {row.film}",
             }
         )
     return plan

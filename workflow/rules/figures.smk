@@ -3,8 +3,7 @@
 # per scan (in scan-table order): the T1 -> MNI registration of the T1 the scan was planned
 # on (written by the segment step, see segment.smk)
 SCAN_REGS = [
-    f"results/segment/{_anat(pid, t1ses)}_from-T1w_to-MNI152_xfm.json"
-    for (pid, _, _), t1ses in zip(SCANS.index, SCANS.t1_session)
+    xfm_file(pid, t1ses) for (pid, _, _), t1ses in zip(SCANS.index, SCANS.t1_session)
 ]
 
 
@@ -37,7 +36,6 @@ rule figure1:
         runtime=10,
     params:
         stats_dir=lambda w, input: Path(input.stats).parent,
-        basis_dir=lambda w, input: input.basis,
         voxel_xfm=" ".join(shlex.quote(p) for p in SCAN_REGS),
         mrs=" ".join(shlex.quote(p) for p in all_scan_files("svs")),
         spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),
@@ -46,7 +44,7 @@ rule figure1:
         fitting=as_json(fit_params()),
     shell:
         "python -m mrsflow figure1 --metabolites {input.metabolites:q}"
-        " --stats-dir {params.stats_dir:q} --basis-dir {params.basis_dir:q}"
+        " --stats-dir {params.stats_dir:q} --basis-dir {input.basis:q}"
         " --voxel-xfm {params.voxel_xfm} --voxel-mrs {params.mrs}"
         " --spectra {params.spectra} --fits {params.fits}"
         " --models {params.models:q} --fitting {params.fitting:q}"
