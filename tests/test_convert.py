@@ -362,6 +362,47 @@ def test_truncated_sdat_spec2nii_failure_names_file(tmp_path):
     assert list(out_dir.iterdir()) == []  # no partial output / temp dirs left
 
 
+def test_vectorised_sdat_reader_equals_spec2nii(tmp_path):
+    """convert runs spec2nii with its SDAT float loop replaced by read_sdat_vectorised: the
+    arrays must be bit-identical to spec2nii's own read_sdat, on a real SDAT and on random
+    words covering every exponent (zero, reserved operand, IEEE-subnormal range, maximum),
+    an unpaired float and trailing bytes; a wrong size fails with the same error."""
+    from spec2nii.Philips import philips
+
+    from mrsflow.convert import _vectorised_sdat_reader, read_sdat_vectorised
+
+    original = philips.read_sdat
+    with _vectorised_sdat_reader():  # engaged with the installed spec2nii
+        assert philips.read_sdat is read_sdat_vectorised
+    assert philips.read_sdat is original
+
+    fids = np.stack([_signal(METABS, n=256, phase=k) for k in range(6)]) * 1e3
+    _, sdat = write_philips(tmp_path / "x", fids, f0_mhz=F0, bandwidth_hz=BW, te_ms=30,
+                            tr_ms=2000, geometry=GEOM, n_averages_per_row=1)
+    cases = [(sdat, 256, 6), (sdat, 6 * 256, 1)]
+    rng = np.random.default_rng(7)
+    words = rng.integers(0, 2**16, size=2 * 2 * 64 * 3, dtype=np.uint32).astype("<u2")
+    hi = words[0::2]  # sign | exponent | top fraction bits; set every exponent once
+    hi[:256] = (hi[:256] & 0x807F) | (np.arange(256, dtype=np.uint16) << 7)
+    rnd = tmp_path / "random.SDAT"
+    rnd.write_bytes(words.tobytes() + b"\x01\x02")  # trailing bytes are ignored
+    cases += [(rnd, 64, 3), (rnd, 3 * 64, 1)]
+    odd = tmp_path / "odd.SDAT"
+    odd.write_bytes(words.tobytes()[: 4 * 129])  # 64 complex points and one unpaired float
+    cases += [(odd, 64, 1)]
+    for path, samples, rows in cases:
+        ours = read_sdat_vectorised(str(path), samples, rows)
+        theirs = philips.read_sdat(str(path), samples, rows)
+        assert ours.dtype == theirs.dtype == np.complex64
+        assert ours.shape == theirs.shape
+        assert ours.tobytes() == theirs.tobytes(), path.name
+    with pytest.raises(ValueError, match="reshape") as ours_err:
+        read_sdat_vectorised(str(sdat), 256, 5)
+    with pytest.raises(ValueError, match="reshape") as theirs_err:
+        philips.read_sdat(str(sdat), 256, 5)
+    assert str(ours_err.value) == str(theirs_err.value)
+
+
 def test_spar_missing_key_clear_error(tmp_path):
     spar, sdat = write_philips(tmp_path / "nokey", _signal(WATER, n=64)[None, :], f0_mhz=F0,
                                bandwidth_hz=BW, te_ms=30, tr_ms=2000, geometry=GEOM,
