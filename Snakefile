@@ -34,3 +34,15 @@ rule all:
         "results/stats/summary.md",
         REPORT_OUTPUTS,
         expand("results/figures/fig{n}.{ext}", n=[1, 2, 3], ext=["pdf", "png"]),
+
+
+# After a run, Snakemake's scheduler may still hold re-evaluation timers (non-daemon
+# threading.Timer, armed one --max-jobs-per-timespan period ahead; see the workstation
+# profile); the interpreter waits for them before exiting. Nothing is left to schedule
+# once the workflow has finished, so they are cancelled and the command returns at once.
+onsuccess:
+    cancel_pending_timers()
+
+
+onerror:
+    cancel_pending_timers()

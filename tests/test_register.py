@@ -79,7 +79,14 @@ def test_json_contract_and_determinism(registered):
     assert np.allclose(np.asarray(written["matrix"])[3], [0, 0, 0, 1])
     assert 0.8 < written["similarity"]["value"] <= 1.0
     assert [lv["step_mm"] for lv in written["levels"]] == list(R.LEVELS_MM)
-    again = R.register_to_mni(out / "t1.nii.gz", out / "mask.nii.gz")
+    # again, with the template prepared once by the workflow's mni_template rule
+    R.use_prepared_template(R.write_prepared_template(out / "template.npz"))
+    try:
+        again = R.register_to_mni(out / "t1.nii.gz", out / "mask.nii.gz")
+    finally:
+        R._PREPARED.clear()
+        R._template_level.cache_clear()
+        R._template_moments.cache_clear()
     np.testing.assert_allclose(again, matrix, rtol=0, atol=1e-8)
     assert json.loads((out / "xfm.json").read_text()) == written
 

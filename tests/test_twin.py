@@ -17,7 +17,7 @@ from mrsflow.basis import Sequence, simulate_basis, write_fsl_basis
 from mrsflow.sheets import load_study
 from mrsflow.twin import anatomy
 from mrsflow.twin.design import participant_rng, scan_sheet, study_design
-from mrsflow.twin.generate import write_participant, write_sheets
+from mrsflow.twin.generate import write_participant, write_participants, write_sheets
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +129,15 @@ def test_sheets_validate_and_match_the_design(cfg, twin_cud01):
 
 
 def test_generation_is_deterministic(cfg, basis_dir, twin_cud01, tmp_path):
+    """Same seed, same files, also when written by two forked workers next to another
+    participant (the workflow's twin_participants job); another seed, other files."""
     raw, truth = twin_cud01
-    raw2, truth2 = _generate(cfg, basis_dir, tmp_path / "again")
-    assert _digest(raw) == _digest(raw2)
-    assert _digest(truth) == _digest(truth2)
+    raw2, truth2 = tmp_path / "again" / "raw", tmp_path / "again" / "truth"
+    write_sheets(cfg["twin"], raw2)
+    write_participants(cfg, ["sub-hc01", "sub-cud01"], raw2, truth2, basis_dir, workers=2)
+    assert (raw2 / "sub-hc01").is_dir()
+    assert _digest(raw) == {k: v for k, v in _digest(raw2).items() if "sub-hc01" not in k}
+    assert _digest(truth) == {k: v for k, v in _digest(truth2).items() if "sub-hc01" not in k}
     other = copy.deepcopy(cfg)
     other["twin"]["seed"] += 1
     raw3, _ = _generate(other, basis_dir, tmp_path / "other")

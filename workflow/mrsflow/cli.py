@@ -38,13 +38,14 @@ def _twin_template(a: argparse.Namespace) -> None:
     anatomy.write_template_cache(Path(a.out))
 
 
-def _twin_participant(a: argparse.Namespace) -> None:
+def _twin_participants(a: argparse.Namespace) -> None:
     from mrsflow.twin import anatomy, generate
 
     if a.template:
         anatomy.use_template_cache(Path(a.template))
-    generate.write_participant(
-        a.config, a.participant, Path(a.raw_dir), Path(a.truth_dir), Path(a.basis_dir)
+    generate.write_participants(
+        a.config, a.participant, Path(a.raw_dir), Path(a.truth_dir), Path(a.basis_dir),
+        workers=a.workers,
     )
 
 
@@ -106,13 +107,23 @@ def _convert_participant(a: argparse.Namespace) -> None:
 def _segment_participant(a: argparse.Namespace) -> None:
     from mrsflow import segment
 
+    if a.mni_template:
+        from mrsflow import register
+
+        register.use_prepared_template(Path(a.mni_template))
     segment.run_participant(a.plan, Path(a.page), backend=a.backend)
+
+
+def _mni_template(a: argparse.Namespace) -> None:
+    from mrsflow import register
+
+    register.write_prepared_template(Path(a.out))
 
 
 def _preprocess_participant(a: argparse.Namespace) -> None:
     from mrsflow import preprocess
 
-    preprocess.run_participant(a.plan, Path(a.page), params=a.params)
+    preprocess.run_participant(a.plan, Path(a.page) if a.page else None, params=a.params)
 
 
 def _fit_participant(a: argparse.Namespace) -> None:
@@ -228,14 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-dir", required=True)
     p.set_defaults(func=_twin_sheets)
 
-    p = sub.add_parser("twin-participant", help="write one twin participant's raw exports")
+    p = sub.add_parser("twin-participants", help="write twin participants' raw exports")
     p.add_argument("--config", type=_json, required=True, help="twin, sequence, quantify")
-    p.add_argument("--participant", required=True)
+    p.add_argument("--participant", required=True, nargs="+", help="participant IDs")
+    p.add_argument("--workers", type=int, default=1, help="participants written at a time")
     p.add_argument("--raw-dir", required=True)
     p.add_argument("--truth-dir", required=True)
     p.add_argument("--basis-dir", required=True)
     p.add_argument("--template", help="prepared MNI template (twin-template); else built here")
-    p.set_defaults(func=_twin_participant)
+    p.set_defaults(func=_twin_participants)
 
     p = sub.add_parser("twin-template", help="prepare the twin's MNI template once (.npz)")
     p.add_argument("--out", required=True)
@@ -294,12 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", type=_json, required=True, help="JSON: t1 and voxels lists")
     p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_fast"])
     p.add_argument("--page", required=True, help="QC page (PNG/JPEG): every voxel on its T1")
+    p.add_argument("--mni-template", help="the MNI template prepared by mni-template (.npz)")
     p.set_defaults(func=_segment_participant)
+
+    p = sub.add_parser("mni-template", help="prepare the MNI template for registration (.npz)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_mni_template)
 
     p = sub.add_parser("preprocess-participant", help="preprocess every scan of a participant")
     p.add_argument("--plan", type=_json, required=True, help="JSON: a list, one dict per scan")
     p.add_argument("--params", type=_json, default={}, help="config 'preprocess' as JSON")
-    p.add_argument("--page", required=True, help="QC page (PNG): every processed spectrum")
+    p.add_argument("--page", help="optional QC page (PNG): every processed spectrum")
     p.set_defaults(func=_preprocess_participant)
 
     p = sub.add_parser("fit-participant", help="fit every processed spectrum of a participant")
@@ -307,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--basis-dir", required=True)
     p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs"])
     p.add_argument("--params", type=_json, default={}, help="config 'fitting' as JSON")
-    p.add_argument("--page", required=True, help="QC page (PNG): every fit")
+    p.add_argument("--page", required=True,
+                   help="QC page (PNG): every processed spectrum with its fit and water")
     p.set_defaults(func=_fit_participant)
 
     p = sub.add_parser("quantify", help="concentrations and the study's tidy tables")

@@ -1315,10 +1315,12 @@ def _fit_water(water_fid, dwell_s, f0_mhz, ppm_range, centre_ppm) -> dict:
 # ============================================================================================
 # Plot
 # ============================================================================================
-def draw_fit(fig, result, title: str | None = None) -> None:
+def draw_fit(fig, result, title: str | None = None, *, water=None) -> None:
     """Data, fit, baseline and residual (real parts, phase-corrected) over the fit range,
     ppm axis reversed, drawn into ``fig`` (a matplotlib Figure or SubFigure). ``result``: a
-    :class:`FitResult` or a dict with arrays ``ppm``, ``data``, ``fit``, ``baseline``."""
+    :class:`FitResult` or a dict with arrays ``ppm``, ``data``, ``fit``, ``baseline``.
+    ``water``: (fid, dwell_s, f0_mhz) of the processed water reference, drawn in a narrow
+    panel on the right (the workflow's spectra QC page)."""
     if isinstance(result, FitResult):
         ppm, data, fitc, base = result.ppm, result.data, result.fit, result.baseline_spec
         title = title or (
@@ -1330,8 +1332,12 @@ def draw_fit(fig, result, title: str | None = None) -> None:
         fitc = np.asarray(result["fit"])
         base = np.asarray(result.get("baseline", np.zeros_like(data)))
     has_fit = bool(np.all(np.isfinite(fitc)))
-    ax = fig.subplots(1, 1, gridspec_kw={"left": 0.04, "right": 0.8, "bottom": 0.17,
-                                         "top": 0.9})
+    if water is None:
+        ax = fig.subplots(1, 1, gridspec_kw={"left": 0.04, "right": 0.8, "bottom": 0.17,
+                                             "top": 0.9})
+    else:  # fit | legend | water
+        ax = fig.add_axes((0.03, 0.17, 0.62, 0.73))
+        qcpage.draw_water(fig.add_axes((0.82, 0.17, 0.16, 0.73)), *water)
     ax.plot(ppm, data.real, color="0.35", lw=0.8, label="data")
     if has_fit:
         res = data.real - fitc.real
@@ -1912,8 +1918,10 @@ def run_fit(
 def run_participant(plan: list[dict], basis_dir, png, *, backend: str = "builtin",
                     params: dict | None = None) -> None:
     """The fit step of one participant: :func:`run_fit` for every scan of ``plan`` (dicts
-    with metab, water, tissue, json, tsv, label) in one process (the basis set is read
-    once), then one QC page with a row per fit."""
+    with metab, water, tissue, json, tsv, label and optionally qc, the preprocessing QC
+    JSON) in one process (the basis set is read once), then the participant's spectra QC
+    page: a row per scan with the fit (data, fit, baseline, residual), the processed water
+    and, in the title, the preprocessing QC (SNR, linewidths) and the fit quality."""
     rows = []
     basis = read_fsl_basis(basis_dir)
     for item in plan:
@@ -1923,11 +1931,26 @@ def run_participant(plan: list[dict], basis_dir, png, *, backend: str = "builtin
                                 tissue_json=item["tissue"], basis=basis)
         print(f"fitted {item['metab']} in {time.perf_counter() - t0:.3f} s: {d['message']}",
               flush=True)
-        title = (f"{item.get('label') or Path(item['metab']).name}: {d['backend']}, fit "
-                 f"quality {d['fit_quality']:.2f}, SNR {d['snr']:.1f}")
-        rows.append(functools.partial(draw_fit, result=plottable, title=title))
+        if png is None:
+            continue
+        name = item.get("label") or Path(item["metab"]).name
+        title = f"{name}: {d['backend']} fit quality {d['fit_quality']:.2f}, SNR {d['snr']:.1f}"
+        if item.get("qc"):
+            q = _read_json(item["qc"])
+            title = (f"{name}: SNR {q['snr']:.1f}, NAA FWHM {q['linewidth_naa_hz']:.2f} Hz, "
+                     f"water {q['linewidth_water_hz']:.2f} Hz; {d['backend']} fit quality "
+                     f"{d['fit_quality']:.2f}")
+        water = read_nifti_mrs(item["water"])[:3] if item.get("water") else None
+        rows.append(functools.partial(draw_fit, result=plottable, title=title, water=water))
     if png is not None:
-        qcpage.save_rows(png, rows, width_in=9.0, row_height_in=3.2)
+        qcpage.save_rows(png, rows, width_in=9.0, row_height_in=3.0)
+
+
+def _read_json(path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read the QC JSON ({err})") from err
 
 
 def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, params,

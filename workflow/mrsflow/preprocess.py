@@ -1050,7 +1050,6 @@ def draw_processed(fig, metab, water, dwell_s, f0_mhz, title: str = "") -> None:
     """Processed metabolite spectrum (0.2-4.2 ppm) and the water (narrow right panel), drawn
     into ``fig`` (a matplotlib Figure or SubFigure)."""
     spec, ppm = qc.spectrum(metab, dwell_s, f0_mhz, zero_fill=2)
-    wspec, wppm = qc.spectrum(water, dwell_s, f0_mhz, zero_fill=2)
     ax, axw = fig.subplots(1, 2, gridspec_kw={
         "width_ratios": [3, 1], "left": 0.03, "right": 0.98, "bottom": 0.15, "top": 0.88,
         "wspace": 0.08})
@@ -1060,12 +1059,7 @@ def draw_processed(fig, metab, water, dwell_s, f0_mhz, title: str = "") -> None:
     ax.set_xlabel("chemical shift (ppm)")
     ax.set_yticks([])
     ax.set_title(title or "processed metabolite spectrum", fontsize=9)
-    wsel = (wppm >= 3.9) & (wppm <= 5.4)
-    axw.plot(wppm[wsel], wspec.real[wsel], lw=0.8, color="tab:blue")
-    axw.set_xlim(5.4, 3.9)
-    axw.set_xlabel("ppm")
-    axw.set_yticks([])
-    axw.set_title("water", fontsize=9)
+    qcpage.draw_water(axw, water, dwell_s, f0_mhz)
 
 
 def _title(name: str, q: dict) -> str:
@@ -1173,7 +1167,9 @@ def _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json, out_transients_
 def run_participant(plan: list[dict], png: Path | None, *, params: dict | None = None) -> None:
     """The preprocess step of one participant: :func:`run_preprocess` for every scan of
     ``plan`` (dicts with mrs, water (or None), mode, metab, water_out, qc, transients, label)
-    in one process, then one QC page with a row per scan."""
+    in one process; with ``png``, one QC page with a row per scan. (The workflow draws the
+    processed spectra on the fit job's spectra page instead: this job then never imports
+    matplotlib.)"""
     rows = []
     for item in plan:
         water = item.get("water")

@@ -1,10 +1,12 @@
-"""QC pages: one PNG per participant and step (a row per scan), and single-scan PNGs.
+"""QC pages: one image per participant and step (a row per scan), and single-scan images.
 
-Drawing functions take a matplotlib ``Figure`` or ``SubFigure`` and draw one scan's panel
-into it (``preprocess.draw_processed``, ``fit.draw_fit``, ``segment.draw_overlay``); this
-module stacks them. Figures are built with ``matplotlib.figure.Figure`` (Agg), without
-pyplot, so no GUI backend or global figure state is involved, and PNGs carry no software
-or date metadata (byte-identical reruns).
+Spectra: drawing functions take a matplotlib ``Figure`` or ``SubFigure`` and draw one
+scan's panel into it (``preprocess.draw_processed``, ``fit.draw_fit``, both using
+:func:`draw_water` for the water reference); :func:`save_rows` stacks them. Figures are
+built with ``matplotlib.figure.Figure`` (Agg), without pyplot, so no GUI backend or global
+figure state is involved, and PNGs carry no software or date metadata (byte-identical
+reruns). Voxel placements are pictures, not plots: rows composed as Pillow images
+(``segment.voxel_page_row``) are stacked by :func:`save_images`.
 """
 
 from __future__ import annotations
@@ -45,8 +47,43 @@ def save_rows(
     return path
 
 
+def draw_water(ax, fid, dwell_s: float, f0_mhz: float) -> None:
+    """The processed water reference (real part, 3.9-5.4 ppm, zero-filled x2) into ``ax``."""
+    from mrsflow import qc
+
+    spec, ppm = qc.spectrum(fid, dwell_s, f0_mhz, zero_fill=2)
+    sel = (ppm >= 3.9) & (ppm <= 5.4)
+    ax.plot(ppm[sel], spec.real[sel], lw=0.8, color="tab:blue")
+    ax.set_xlim(5.4, 3.9)
+    ax.set_xlabel("ppm")
+    ax.set_yticks([])
+    ax.set_title("water", fontsize=9)
+
+
 def save_one(path: Path | str, draw: Draw, *, width_in: float, height_in: float,
              dpi: int = 110, facecolor: str = "white") -> Path:
     """A single-scan PNG (the per-scan CLI commands)."""
     return save_rows(path, [draw], width_in=width_in, row_height_in=height_in, dpi=dpi,
                      facecolor=facecolor)
+
+
+def save_images(path: Path | str, rows: Sequence, *, background: str = "black") -> Path:
+    """Stack Pillow images (one per row, centred) top to bottom into one image: PNG, or
+    JPEG (quality 85) for a ``.jpg`` path (T1 slices: a fifth of the PNG's size)."""
+    from PIL import Image
+
+    if not rows:
+        raise ValueError(f"{path}: a QC page needs at least one row")
+    width = max(r.width for r in rows)
+    page = Image.new("RGB", (width, sum(r.height for r in rows)), background)
+    y = 0
+    for r in rows:
+        page.paste(r, ((width - r.width) // 2, y))
+        y += r.height
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        page.save(path, format="JPEG", quality=85)
+    else:
+        page.save(path, format="PNG")
+    return path

@@ -72,6 +72,9 @@ def basis_entries():
 # input of every fit and twin job as a folder (one DAG node, not ~30 files per job)
 BASIS_DIR = f"results/basis/{BASIS_NAME}"
 
+# the MNI152 template prepared once for every T1 -> MNI registration (mrsflow.register)
+MNI_TEMPLATE = "results/segment/MNI152NLin2009aSym_desc-registration_template.npz"
+
 
 def basis_outputs():
     return [BASIS_DIR, f"results/basis/{BASIS_NAME}.png"]
@@ -238,6 +241,7 @@ def fit_plan(pid):
                 "metab": f["metab"],
                 "water": f["water"],
                 "tissue": f["tissue"],
+                "qc": f["qc"],
                 "json": f["fit_json"],
                 "tsv": f["fit_tsv"],
                 "label": f"{row.session} {row.film}",
@@ -281,3 +285,13 @@ def fit_params():
     f.pop("backend")
     seq = config["sequence"]
     return {**f, "te_ms": seq["te1_ms"] + seq["te2_ms"], "tr_ms": seq["tr_ms"]}
+
+
+def cancel_pending_timers():
+    """Cancel the threading.Timer threads still pending in this (finished) Snakemake
+    process: the scheduler's re-evaluation timers (see the Snakefile's onsuccess)."""
+    import threading
+
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()

@@ -1,5 +1,5 @@
 # Stage 6: linear-combination fitting (builtin, or FSL-MRS where installed), one job per
-# participant; its QC page shows every fit.
+# participant; its QC page shows every processed spectrum with its fit and water reference.
 
 
 rule fit:
@@ -9,7 +9,7 @@ rule fit:
         basis=BASIS_DIR,
     output:
         directory("results/fit/{pid}"),
-        page=qc_page("fit", "fit.rst"),
+        page=qc_page("spectra", "spectra.rst"),
     log:
         "results/logs/fit/{pid}.log",
     benchmark:

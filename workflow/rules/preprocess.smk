@@ -1,6 +1,6 @@
 # Stage 4: MC reconstruction or WS + reference, alignment, outlier rejection, averaging,
 # eddy-current correction, residual water removal; QC (SNR, linewidths) per spectrum.
-# One job per participant; its QC page shows every processed spectrum.
+# One job per participant. Its spectra are drawn on the fit job's QC page (with the fits).
 
 
 rule preprocess:
@@ -8,7 +8,6 @@ rule preprocess:
         "results/convert/{pid}",
     output:
         directory("results/preprocess/{pid}"),
-        page=qc_page("proc", "preprocess.rst"),
     log:
         "results/logs/preprocess/{pid}.log",
     benchmark:
@@ -24,4 +23,4 @@ rule preprocess:
         params=as_json(config["preprocess"]),
     shell:
         "python -m mrsflow preprocess-participant --plan {params.plan:q}"
-        " --params {params.params:q} --page {output.page:q} > {log} 2>&1"
+        " --params {params.params:q} > {log} 2>&1"

@@ -1,12 +1,30 @@
 # Stage 5: T1 -> GM/WM/CSF partial volumes and the T1 -> MNI152 affine (for Fig. 1's
-# voxel-overlap map); each MRS voxel (from its NIfTI-MRS affine) rasterised on the T1 it was
-# planned on; tissue fractions. One job per participant; its QC page shows every voxel on
-# its T1.
+# voxel-overlap map; the template is prepared once, by mni_template); each MRS voxel (from
+# its NIfTI-MRS affine) rasterised on the T1 it was planned on; tissue fractions. One job
+# per participant; its QC page shows every voxel placement on its T1.
+
+
+rule mni_template:
+    output:
+        MNI_TEMPLATE,
+    log:
+        "results/logs/segment/mni_template.log",
+    benchmark:
+        "results/benchmarks/segment/mni_template.tsv"
+    conda:
+        "../../envs/segment.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    shell:
+        "python -m mrsflow mni-template --out {output:q} > {log} 2>&1"
 
 
 rule segment:
     input:
-        "results/convert/{pid}",
+        converted="results/convert/{pid}",
+        mni=MNI_TEMPLATE,
     output:
         directory("results/segment/{pid}"),
         page=qc_page("voxel", "voxel.rst", ext="jpg"),
@@ -25,4 +43,5 @@ rule segment:
         plan=lambda w: plan_json("segment", w.pid),
     shell:
         "python -m mrsflow segment-participant --plan {params.plan:q}"
-        " --backend {params.backend} --page {output.page:q} > {log} 2>&1"
+        " --backend {params.backend} --mni-template {input.mni:q}"
+        " --page {output.page:q} > {log} 2>&1"

@@ -48,32 +48,39 @@ rule twin_template:
         "python -m mrsflow twin-template --out {output:q} > {log} 2>&1"
 
 
-rule twin_participant:
+# One job writes every participant (the synthetic scanner session of the whole study), with
+# one worker process per thread forked after the imports: generating a participant takes
+# ~2.5 s, a fresh Python process with its imports ~2 s more. Each participant has its own
+# random streams, so the files do not depend on the number of threads.
+rule twin_participants:
     input:
         basis=BASIS_DIR,
         template="results/twin/template.npz",
     output:
-        raw=directory(f"{RAW}/{{pid}}"),
+        raw=[directory(f"{RAW}/{pid}") for pid in PARTICIPANTS],
         truth=expand(
-            "results/twin/truth/parts/{table}.{{pid}}.tsv",
+            "results/twin/truth/parts/{table}.{pid}.tsv",
             table=["concentrations", "scans", "tissue", "transients"],
+            pid=PARTICIPANTS,
         ),
     log:
-        "results/logs/twin/{pid}.log",
+        "results/logs/twin/participants.log",
     benchmark:
-        "results/benchmarks/twin/{pid}.tsv"
+        "results/benchmarks/twin/participants.tsv"
     conda:
         "../../envs/twin.yaml"
-    threads: 1
+    threads: min(8, workflow.cores)
     resources:
-        mem_mb=1500,
-        runtime=10,
+        mem_mb=lambda wildcards, threads: 600 + 900 * threads,
+        runtime=lambda wildcards, threads: 10 + len(PARTICIPANTS) // threads,
     params:
         config=as_json({k: config[k] for k in ("twin", "sequence", "quantify")}),
-        raw_dir=lambda w, output: Path(output.raw).parent,
+        participants=PARTICIPANTS,
+        raw_dir=lambda w, output: Path(output.raw[0]).parent,
         truth_dir=lambda w, output: Path(output.truth[0]).parent,
     shell:
-        "python -m mrsflow twin-participant --config {params.config:q} --participant {wildcards.pid}"
+        "python -m mrsflow twin-participants --config {params.config:q}"
+        " --participant {params.participants} --workers {threads}"
         " --raw-dir {params.raw_dir:q} --truth-dir {params.truth_dir:q}"
         " --basis-dir {input.basis:q} --template {input.template:q}"
         " > {log} 2>&1"

@@ -3,14 +3,18 @@
 The three Snakemake rules of the twin call one function each:
 
 - :func:`write_sheets`       participants.tsv, sessions.tsv, scans.tsv, phenotype/craving.tsv
-- :func:`write_participant`  one participant's T1 DICOM series and MRS exports + truth parts
+- :func:`write_participants` every participant's T1 DICOM series and MRS exports + truth
+  parts (:func:`write_participant` each), several at a time
 - :func:`merge_truth`        the per-participant truth parts -> results/twin/truth/*.tsv
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
+import multiprocessing
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +107,48 @@ def scan_spec(cfg: Mapping, scan, twin: Mapping) -> spectra.ScanSpec:
         n_water_ref=int(twin["water_transients"]),
         **{k: tuple(v) if isinstance(v, list) else v for k, v in twin["artefacts"].items()},
     )
+
+
+def write_participants(
+    cfg: Mapping,
+    participant_ids: Sequence[str],
+    raw_dir: Path,
+    truth_dir: Path,
+    basis_dir: Path,
+    *,
+    workers: int = 1,
+) -> None:
+    """:func:`write_participant` for each of ``participant_ids``, ``workers`` at a time.
+
+    The worker processes are forked from this one after the modules they use are imported
+    (and the MNI template cache, if one was loaded, is in memory), so each participant
+    costs only its own generation (~2.5 s) instead of a fresh interpreter's start-up and
+    imports as well (~2 s more). The files are the same whatever ``workers`` is: each
+    participant draws from its own random streams. Where ``fork`` is unavailable (macOS,
+    Windows) the participants are written one after another.
+    """
+    ids = list(participant_ids)
+    job = functools.partial(_write_one, cfg, raw_dir=Path(raw_dir), truth_dir=Path(truth_dir),
+                            basis_dir=Path(basis_dir))
+    workers = max(1, min(int(workers), len(ids)))
+    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        for pid in ids:
+            print(job(pid), flush=True)
+        return
+    import pydicom  # noqa: F401 - imported here once, before the fork, not in every worker
+    import scipy.ndimage  # noqa: F401
+    import scipy.optimize  # noqa: F401
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for line in pool.imap_unordered(job, ids):
+            print(line, flush=True)
+
+
+def _write_one(cfg: Mapping, participant_id: str, *, raw_dir: Path, truth_dir: Path,
+               basis_dir: Path) -> str:
+    t0 = time.perf_counter()
+    write_participant(cfg, participant_id, raw_dir, truth_dir, basis_dir)
+    return f"wrote {participant_id} in {time.perf_counter() - t0:.2f} s"
 
 
 def write_participant(
