@@ -185,7 +185,7 @@ def main() -> None:
     if a.what == "full":
         bench_full([], a.keep)
     elif a.what == "twin":
-        bench_full(["twin_truth", "twin_sheets"], a.keep, report=False)
+        bench_full(["twin_participants", "twin_sheets"], a.keep, report=False)
     else:
         bench_dag(a.sizes)
 

@@ -49,12 +49,6 @@ def _twin_participants(a: argparse.Namespace) -> None:
     )
 
 
-def _twin_truth(a: argparse.Namespace) -> None:
-    from mrsflow.twin import generate
-
-    generate.merge_truth([Path(p) for p in a.parts], Path(a.out_dir))
-
-
 def _convert_mrs(a: argparse.Namespace) -> None:
     from mrsflow import convert
 
@@ -252,11 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("twin-template", help="prepare the twin's MNI template once (.npz)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_twin_template)
-
-    p = sub.add_parser("twin-truth", help="merge the per-participant truth parts")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("parts", nargs="+")
-    p.set_defaults(func=_twin_truth)
 
     p = sub.add_parser("convert-mrs", help="spec2nii: a raw spectroscopy file -> NIfTI-MRS")
     p.add_argument("--src", required=True)

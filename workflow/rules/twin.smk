@@ -51,7 +51,10 @@ rule twin_template:
 # One job writes every participant (the synthetic scanner session of the whole study), with
 # one worker process per thread forked after the imports: generating a participant takes
 # ~2.5 s, a fresh Python process with its imports ~2 s more. Each participant has its own
-# random streams, so the files do not depend on the number of threads.
+# random streams, so the files do not depend on the number of threads. The job also merges
+# the truth tables, so it has N + 4 outputs (Snakemake matches every requested file against
+# every output of the rule that makes it: a part file per participant and table made the
+# DAG construction quadratic).
 rule twin_participants:
     input:
         basis=BASIS_DIR,
@@ -59,9 +62,8 @@ rule twin_participants:
     output:
         raw=[directory(f"{RAW}/{pid}") for pid in PARTICIPANTS],
         truth=expand(
-            "results/twin/truth/parts/{table}.{pid}.tsv",
+            "results/twin/truth/{table}.tsv",
             table=["concentrations", "scans", "tissue", "transients"],
-            pid=PARTICIPANTS,
         ),
     log:
         "results/logs/twin/participants.log",
@@ -84,31 +86,3 @@ rule twin_participants:
         " --raw-dir {params.raw_dir:q} --truth-dir {params.truth_dir:q}"
         " --basis-dir {input.basis:q} --template {input.template:q}"
         " > {log} 2>&1"
-
-
-rule twin_truth:
-    input:
-        expand(
-            "results/twin/truth/parts/{table}.{pid}.tsv",
-            table=["concentrations", "scans", "tissue", "transients"],
-            pid=PARTICIPANTS,
-        ),
-    output:
-        expand(
-            "results/twin/truth/{table}.tsv",
-            table=["concentrations", "scans", "tissue", "transients"],
-        ),
-    log:
-        "results/logs/twin/truth.log",
-    benchmark:
-        "results/benchmarks/twin/truth.tsv"
-    conda:
-        "../../envs/twin.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=5,
-    params:
-        out_dir=lambda w, output: Path(output[0]).parent,
-    shell:
-        "python -m mrsflow twin-truth --out-dir {params.out_dir:q} {input:q} > {log} 2>&1"

@@ -3,9 +3,9 @@
 The three Snakemake rules of the twin call one function each:
 
 - :func:`write_sheets`       participants.tsv, sessions.tsv, scans.tsv, phenotype/craving.tsv
-- :func:`write_participants` every participant's T1 DICOM series and MRS exports + truth
-  parts (:func:`write_participant` each), several at a time
-- :func:`merge_truth`        the per-participant truth parts -> results/twin/truth/*.tsv
+- :func:`write_participants` every participant's T1 DICOM series and MRS exports
+  (:func:`write_participant` each, several at a time) and the truth tables
+  (:func:`merge_truth` of the participants' parts) -> results/twin/truth/*.tsv
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -118,7 +119,9 @@ def write_participants(
     *,
     workers: int = 1,
 ) -> None:
-    """:func:`write_participant` for each of ``participant_ids``, ``workers`` at a time.
+    """:func:`write_participant` for each of ``participant_ids``, ``workers`` at a time, then
+    the truth tables ``truth_dir/<table>.tsv`` merged from their parts (:func:`merge_truth`;
+    the parts are written to a scratch folder inside ``truth_dir`` and removed).
 
     The worker processes are forked from this one after the modules they use are imported
     (and the MNI template cache, if one was loaded, is in memory), so each participant
@@ -128,20 +131,25 @@ def write_participants(
     Windows) the participants are written one after another.
     """
     ids = list(participant_ids)
-    job = functools.partial(_write_one, cfg, raw_dir=Path(raw_dir), truth_dir=Path(truth_dir),
+    truth_dir = Path(truth_dir)
+    parts_dir = truth_dir / ".parts"
+    shutil.rmtree(parts_dir, ignore_errors=True)  # leftovers of an interrupted run
+    job = functools.partial(_write_one, cfg, raw_dir=Path(raw_dir), truth_dir=parts_dir,
                             basis_dir=Path(basis_dir))
     workers = max(1, min(int(workers), len(ids)))
     if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
         for pid in ids:
             print(job(pid), flush=True)
-        return
-    import pydicom  # noqa: F401 - imported here once, before the fork, not in every worker
-    import scipy.ndimage  # noqa: F401
-    import scipy.optimize  # noqa: F401
+    else:
+        import pydicom  # noqa: F401 - imported here once, before the fork, not per worker
+        import scipy.ndimage  # noqa: F401
+        import scipy.optimize  # noqa: F401
 
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for line in pool.imap_unordered(job, ids):
-            print(line, flush=True)
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for line in pool.imap_unordered(job, ids):
+                print(line, flush=True)
+    merge_truth(sorted(parts_dir.glob("*.tsv")), truth_dir)
+    shutil.rmtree(parts_dir)
 
 
 def _write_one(cfg: Mapping, participant_id: str, *, raw_dir: Path, truth_dir: Path,
