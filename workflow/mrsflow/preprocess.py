@@ -1181,6 +1181,8 @@ def run_participant(plan: list[dict], png: Path | None, *, params: dict | None =
         )
         print(f"preprocessed {item['mrs']} in {time.perf_counter() - t0:.2f} s: SNR "
               f"{q['snr']:.1f}", flush=True)
+        if png is None:  # the workflow's case: nothing of the result is kept
+            continue
         title = _title(item.get("label") or Path(item["mrs"]).name, q)
         rows.append(functools.partial(draw_processed, metab=res.metab, water=res.water,
                                       dwell_s=dwell, f0_mhz=q["f0_mhz"], title=title))

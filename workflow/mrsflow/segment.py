@@ -727,6 +727,14 @@ class Coverage:
             out[tuple(self.indices.T)] = self.weights
         return out
 
+    def plane(self, shape, axis: int, index: int) -> np.ndarray:
+        """``as_volume(shape)`` sliced at ``index`` along ``axis``, without the volume."""
+        other = [a for a in range(3) if a != axis]
+        out = np.zeros([shape[a] for a in other], np.float32)
+        sel = self.indices[:, axis] == index
+        out[self.indices[sel][:, other[0]], self.indices[sel][:, other[1]]] = self.weights[sel]
+        return out
+
 
 def voxel_coverage(
     t1_shape, t1_affine: np.ndarray, mrs_affine: np.ndarray, supersample: int = 5
@@ -884,23 +892,25 @@ def voxel_page_row(bg: OverlayBackground, mrs_affine: np.ndarray, *,
     from PIL import Image, ImageDraw
 
     can, aff, gm = bg.can, bg.aff, bg.gm
-    cov = voxel_coverage(can.shape, aff, mrs_affine).as_volume(can.shape)
+    cov = voxel_coverage(can.shape, aff, mrs_affine)
     centre = np.asarray(mrs_affine, float)[:3, 3]
     ijk = np.round(np.linalg.inv(aff) @ np.r_[centre, 1.0])[:3].astype(int)
     ijk = np.clip(ijk, 0, np.array(can.shape) - 1)
     vox = _voxel_sizes(aff)
     lo, hi = bg.window
-    views = [  # (name, slicer, horizontal axis, vertical axis, labels left/right/bottom/top)
-        ("sagittal", (ijk[0], slice(None), slice(None)), 1, 2, ("P", "A", "I", "S")),
-        ("coronal", (slice(None), ijk[1], slice(None)), 0, 2, ("L", "R", "I", "S")),
-        ("axial", (slice(None), slice(None), ijk[2]), 0, 1, ("L", "R", "P", "A")),
+    views = [  # (name, slice axis, horizontal axis, vertical axis, labels left/right/bottom/top)
+        ("sagittal", 0, 1, 2, ("P", "A", "I", "S")),
+        ("coronal", 1, 0, 2, ("L", "R", "I", "S")),
+        ("axial", 2, 0, 1, ("L", "R", "P", "A")),
     ]
     small, big = _font(12), _font(14)
     panels = []
-    for name, sl, h, v, lab in views:
+    for name, axis, h, v, lab in views:
+        sl = tuple(ijk[a] if a == axis else slice(None) for a in range(3))
         # RAS array, rows = vertical axis flipped (superior/anterior at the top); +x (the
         # subject's right) to the right, i.e. the subject's left on the image left
-        img, c = can[sl].T[::-1], cov[sl].T[::-1]
+        img = can[sl].T[::-1]
+        c = cov.plane(can.shape, axis, ijk[axis]).T[::-1]
         grey = np.clip((img - lo) / max(hi - lo, 1e-12), 0.0, 1.0) * 255.0
         rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
         inside = c > 0
