@@ -13,7 +13,14 @@ validate(config, "config/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/twin.smk"
+
+
+# the twin's rules exist only when the twin is the data source (they write under results/)
+if TWIN:
+
+    include: "workflow/rules/twin.smk"
+
+
 include: "workflow/rules/basis.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/preprocess.smk"
@@ -36,13 +43,21 @@ rule all:
         expand("results/figures/fig{n}.{ext}", n=[1, 2, 3], ext=["pdf", "png"]),
 
 
+# While jobs run, .snakemake/mrsflow-run.json names this run, so that a second snakemake
+# started here stops with a message naming it (mrsflow.startup.live_run).
+onstart:
+    startup.mark_run()
+
+
 # After a run, Snakemake's scheduler may still hold re-evaluation timers (non-daemon
 # threading.Timer, armed one --max-jobs-per-timespan period ahead; see the workstation
 # profile); the interpreter waits for them before exiting. Nothing is left to schedule
 # once the workflow has finished, so they are cancelled and the command returns at once.
 onsuccess:
+    startup.clear_run()
     cancel_pending_timers()
 
 
 onerror:
+    startup.clear_run()
     cancel_pending_timers()

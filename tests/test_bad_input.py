@@ -9,8 +9,10 @@ would keep going without (pure noise) are covered by the full run in ``test_robu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -369,3 +371,216 @@ def test_participant_with_one_film_is_kept_in_the_scan_table(tmp_path):
 ])
 def test_config_key_misspelled(tmp_path, override, key):
     assert_start_error(dry_run(tmp_path, None, override), "Error validating config file", key)
+
+
+# ---------------------------------------------------------------------------- sheets (2)
+def _sheet(raw: Path, name: str, text: str) -> None:
+    (raw / name).write_text(text)
+
+
+def _one_error_line(proc) -> str:
+    """The start-up error: exactly one 'mrsflow: error:' line, exit code 2, no traceback."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert TRACEBACK not in out, out
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mrsflow: error: ")]
+    assert len(lines) == 1, out
+    return lines[0]
+
+
+CRAVING = "participant_id\tsession\tfilm\ttime\tvas\n"
+
+
+@pytest.mark.parametrize(("name", "text", "fragments"), [
+    # a craving row whose session is not in sessions.tsv (was dropped silently by a merge)
+    ("phenotype/craving.tsv", CRAVING + "sub-01\tses-9\tneutral\tpre\t10\n",
+     ["craving.tsv, line 2, column session", "session ses-9 of sub-01 is not in sessions.tsv"]),
+    # VAS NaN / empty: required numbers
+    ("phenotype/craving.tsv", CRAVING + "sub-01\tses-1\tneutral\tpre\tNaN\n",
+     ["craving.tsv, line 2, column vas", "missing value 'NaN'; vas is required"]),
+    ("phenotype/craving.tsv", CRAVING + "sub-01\tses-1\tneutral\tpre\t\n",
+     ["craving.tsv, line 2, column vas", "missing value ''"]),
+    ("phenotype/craving.tsv", CRAVING + "sub-01\tses-1\tneutral\tpre\tinf\n",
+     ["craving.tsv, line 2, column vas", "'inf' is not a finite number"]),
+    # an HC on NAC; a CUD without drug
+    ("sessions.tsv", "participant_id\tsession\tdrug\tperiod\n"
+                     "sub-01\tses-1\tplacebo\t1\nsub-02\tses-1\tnac\t1\n",
+     ["sessions.tsv, line 3, column drug", "sub-02 is in group HC", "not 'nac'"]),
+    ("sessions.tsv", "participant_id\tsession\tdrug\tperiod\n"
+                     "sub-01\tses-1\tnone\t1\nsub-02\tses-1\tnone\t1\n",
+     ["sessions.tsv, line 2, column drug", "sub-01 is in group CUD", "nac or placebo"]),
+    # a CUD with both sessions in period 1 (and one with placebo twice)
+    ("sessions.tsv", "participant_id\tsession\tdrug\tperiod\n"
+                     "sub-01\tses-1\tplacebo\t1\nsub-01\tses-2\tnac\t1\nsub-02\tses-1\tnone\t1\n",
+     ["sessions.tsv, lines [2, 3], column period", "sub-01 has 2 sessions with period '1'"]),
+    ("sessions.tsv", "participant_id\tsession\tdrug\tperiod\n"
+                     "sub-01\tses-1\tplacebo\t1\nsub-01\tses-2\tplacebo\t2\nsub-02\tses-1\tnone\t1\n",
+     ["sessions.tsv, lines [2, 3], column drug", "distinct drugs"]),
+    # a non-numeric period
+    ("sessions.tsv", "participant_id\tsession\tdrug\tperiod\n"
+                     "sub-01\tses-1\tplacebo\tfirst\nsub-02\tses-1\tnone\t1\n",
+     ["sessions.tsv, line 2, column period", "'first' is not of type 'integer'"]),
+])
+def test_sheet_inconsistency_stops_with_sheet_line_and_column(tmp_path, name, text, fragments):
+    raw = raw_folder(tmp_path, GOOD_SCANS)
+    _sheet(raw, name, text)
+    line = _one_error_line(dry_run(tmp_path, raw))
+    assert str(raw / name) in line
+    for frag in fragments:
+        assert frag in line, line
+
+
+@pytest.mark.parametrize(("scans", "fragments"), [
+    # a path that leaves the raw folder, an absolute path
+    ([*GOOD_SCANS[:-1], scan_line("sub-02", "cocaine", mrs="../../other/x.SDAT")],
+     ["scans.tsv, line 5, column mrs", "'../../other/x.SDAT' leaves the raw folder",
+      "data.allow_outside_raw"]),
+    ([*GOOD_SCANS[:-1], scan_line("sub-02", "cocaine", mrs="/data/other/x.SDAT")],
+     ["scans.tsv, line 5, column mrs", "is an absolute path"]),
+    # the same SDAT listed for both films
+    ([*GOOD_SCANS[:-1], scan_line("sub-02", "cocaine", mrs="sub-02/mrs/sub-02_neutral.SDAT")],
+     ["scans.tsv, line 5, column mrs", "already used on line 4 (column mrs)",
+      "one raw file cannot be two scans' data"]),
+    # the water column pointing at the metabolite file of the same row
+    ([*GOOD_SCANS[:-1], scan_line("sub-02", "cocaine", acq="ws",
+                                  water="sub-02/mrs/sub-02_cocaine.SDAT")],
+     ["scans.tsv, line 5, column water", "already used on line 5 (column mrs)"]),
+    # an MC scan with a water reference
+    ([*GOOD_SCANS[:-1], scan_line("sub-02", "cocaine", water="sub-02/mrs/sub-02_water.SDAT")],
+     ["scans.tsv, line 5, column water", "acq=mc scans take their water from the same"]),
+])
+def test_scan_table_problems_stop_naming_line_and_column(tmp_path, scans, fragments):
+    raw = raw_folder(tmp_path, scans)
+    line = _one_error_line(dry_run(tmp_path, raw))
+    for frag in fragments:
+        assert frag in line, line
+
+
+def test_absolute_paths_only_with_the_switch(tmp_path):
+    """data.allow_outside_raw: true lets the sheets name files anywhere (absolute or ../)."""
+    raw = raw_folder(tmp_path, GOOD_SCANS)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for ext in ("SDAT", "SPAR"):
+        (outside / f"x.{ext}").touch()
+    scans = [*GOOD_SCANS[:-1], scan_line("sub-02", "cocaine", mrs=str(outside / "x.SDAT"))]
+    (raw / "scans.tsv").write_text(SCANS_HEADER + "".join(scans))
+    _one_error_line(dry_run(tmp_path, raw))
+    proc = dry_run(tmp_path, None, {"data": {"source": "sheets", "raw_dir": str(raw),
+                                             "allow_outside_raw": True}}, commands=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert str(outside / "x.SDAT") in proc.stdout  # converted from where it is, no '//'
+    assert "//" not in re.sub(r"https?://", "", proc.stdout)
+
+
+def test_bids_missing_values_in_optional_columns_are_accepted(tmp_path):
+    """n/a (BIDS), NaN and empty mean missing in every optional participants.tsv column
+    (the analyses that need the value name who they left out: test_stats)."""
+    raw = raw_folder(tmp_path, GOOD_SCANS, participants=(
+        "participant_id\tgroup\tage\tsex\tcocaine_g_per_week\tcocaine_years\teducation_years\n"
+        "sub-01\tCUD\t\tn/a\t5.5\tn/a\tNaN\nsub-02\tHC\tn/a\tF\tn/a\tn/a\t\n"))
+    proc = dry_run(tmp_path, raw)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_raw_folder_inside_results_or_containing_the_workdir_is_refused(tmp_path):
+    run = tmp_path / "run"
+    raw = raw_folder(run / "results", GOOD_SCANS)  # <run>/results/raw
+    line = _one_error_line(dry_run(tmp_path, raw))
+    assert "lies inside results/" in line
+    outer = raw_folder(tmp_path / "study", GOOD_SCANS)
+    proc = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(outer / "analysis"),
+                     "--configfile", str(ROOT / "config" / "config.yaml"), "-n",
+                     "--config", f"data={{'source': 'sheets', 'raw_dir': '{outer}'}}")
+    line = _one_error_line(proc)
+    assert "contains the working directory" in line
+
+
+def test_twin_writes_only_under_results(tmp_path):
+    line = _one_error_line(dry_run(tmp_path, None, {"data": {"source": "twin",
+                                                            "raw_dir": str(tmp_path / "x")}}))
+    assert "the synthetic twin writes its raw exports under results/ only" in line
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ({"preprocess": {"z_thresh": "high"}}, "'high' is not of type 'number'"),
+    ({"preprocess": {"hlsvd_ppm": [4.45]}}, "is too short"),
+    ({"preprocess": {"mirrored": "ignore"}}, "'ignore' is not one of"),
+])
+def test_config_values_are_typed(tmp_path, override, key):
+    assert_start_error(dry_run(tmp_path, None, override), "Error validating config file", key)
+
+
+def test_preprocess_schema_covers_every_parameter():
+    """Every preprocessing parameter can be set in the config, and each is typed."""
+    from mrsflow import preprocess
+
+    schema = yaml.safe_load((ROOT / "config" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]["preprocess"]["properties"]
+    assert schema["properties"]["preprocess"]["additionalProperties"] is False
+    assert set(props) == set(preprocess.DEFAULTS) - {"timestamp"}
+    assert all(("type" in v or "enum" in v or "$ref" in v) for v in props.values())
+
+
+# ---------------------------------------------------------------------------- files (2)
+def test_rda_shorter_than_its_vector_size(tmp_path):
+    from mrsflow.vendor import write_rda
+
+    fid = np.exp(-np.arange(N_POINTS) / 50.0).astype(complex)
+    rda = write_rda(tmp_path / "scan.rda", fid, f0_mhz=F0, bandwidth_hz=BW, te_ms=30,
+                    tr_ms=2000, geometry=GEOM, n_averages=64)
+    rda.write_bytes(rda.read_bytes()[: -16 * 10])  # the last 10 points lost
+    line = assert_input_error(
+        mrsflow_cli("convert-mrs", "--src", rda, "--acq", "ws", "--out",
+                    tmp_path / "out" / "x_svs.nii.gz"), "convert-mrs",
+        str(rda), f"declares VectorSize={N_POINTS}", "truncated")
+    assert f"holds {(N_POINTS - 10) * 16} bytes" in line
+
+
+def test_t1_series_of_two_slices(dicom_series, tmp_path):
+    short = tmp_path / "short"
+    short.mkdir()
+    for f in sorted(dicom_series.iterdir())[:2]:
+        (short / f.name).write_bytes(f.read_bytes())
+    assert_input_error(
+        mrsflow_cli("convert-t1", "--src", short, "--out", tmp_path / "a" / "x_T1w.nii.gz"),
+        "convert-t1", str(short), "only 2 slice(s)", "3D T1")
+
+
+# ---------------------------------------------------------------------------- where we run
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` read-only for this process: chmod as a normal user; as root (whom chmod
+    does not stop) a read-only bind mount of the folder onto itself."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mount = shutil.which("mount")
+    ok = mount and subprocess.run([mount, "--bind", str(folder), str(folder)],
+                                  capture_output=True).returncode == 0
+    if not ok:
+        pytest.skip("running as root without permission to bind-mount: cannot make a "
+                    "folder read-only for root")
+    try:
+        ro = subprocess.run([mount, "-o", "remount,bind,ro", str(folder)], capture_output=True)
+        if ro.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {ro.stderr.decode().strip()}")
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_read_only_results_folder_is_one_clear_line(tmp_path):
+    run = tmp_path / "run"
+    (run / "results").mkdir(parents=True)
+    with read_only(run / "results"):
+        with pytest.raises(OSError):
+            (run / "results" / "probe").write_text("x")
+        proc = snakemake("-s", str(ROOT / "Snakefile"), "-d", str(run), "--configfile",
+                         str(ROOT / "config" / "config.yaml"), "-n")
+    line = _one_error_line(proc)
+    assert f"{run / 'results'}: the results folder is not writable" in line

@@ -480,7 +480,7 @@ def _write_dicom_series(folder: Path, rows: int, cols: int, n_slices: int,
 
 
 def test_convert_t1_tiny_series_affine(tmp_path):
-    rows, cols, n_sl = 4, 5, 3
+    rows, cols, n_sl = 4, 5, 16  # the fewest slices convert_t1 takes (MIN_T1_SLICES)
     ang = np.deg2rad(10.0)
     row_dir = np.array([1.0, 0.0, 0.0])  # LPS
     col_dir = np.array([0.0, np.cos(ang), -np.sin(ang)])

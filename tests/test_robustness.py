@@ -179,12 +179,17 @@ def study(tmp_path_factory):
                                       stderr=subprocess.STDOUT, env=env,
                                       start_new_session=True)  # its own process group
             killed = SimpleNamespace(fits=0, incomplete=0, returncode=None)
+            second = None
             deadline = time.monotonic() + 1800
             while proc_b.poll() is None and time.monotonic() < deadline:
                 fits = list((b / "results" / "fit").rglob("*_desc-fit.json"))
                 markers = b / ".snakemake" / "incomplete"
                 running = list(markers.iterdir()) if markers.is_dir() else []
                 if fits and running:  # the first fits exist and a job is mid-way
+                    # a second snakemake started in the same folder while B runs
+                    second = subprocess.run(sheets_run(b, raw), capture_output=True,
+                                            text=True, env=env, timeout=300)
+                    second.live_pid = proc_b.pid
                     os.killpg(proc_b.pid, signal.SIGKILL)  # snakemake and its jobs
                     killed.fits, killed.incomplete = len(fits), len(running)
                     break
@@ -210,7 +215,8 @@ def study(tmp_path_factory):
     (base / "timings.json").write_text(json.dumps(timings, indent=1))
     yield SimpleNamespace(base=base, raw=raw, noise=noise, before=before, after=after,
                           writable_after=writable_after, a=a, b=b, run_a=run_a,
-                          run_b=run_b, unlock=unlock, killed=killed, timings=timings)
+                          run_b=run_b, unlock=unlock, killed=killed, timings=timings,
+                          second=second)
 
 
 def _out(proc) -> str:
@@ -377,3 +383,136 @@ def test_changing_a_statistics_setting_reruns_only_stats_figures_and_report(stud
     planned = set(re.findall(r"^(\w+)\s+\d+$", proc.stdout, flags=re.M)) - {"total"}
     assert "stats" in planned, proc.stdout
     assert planned <= DOWNSTREAM_OF_STATS, planned - DOWNSTREAM_OF_STATS
+
+
+def test_second_run_in_the_same_folder_is_refused_naming_the_first(study):
+    """Started while run B was executing jobs: one line naming the live run, exit code 2;
+    not Snakemake's claim that the live run's files are incomplete, and nothing of B's
+    touched (B's resumed run equals A: test_killed_run_resumes_to_identical_results)."""
+    second = study.second
+    assert second is not None, "run B finished before a second run could be started"
+    out = second.stdout + second.stderr
+    assert second.returncode == 2, out
+    assert TRACEBACK not in out and "incomplete" not in out.lower(), out
+    lines = [ln for ln in second.stderr.splitlines() if ln.startswith("mrsflow: error: ")]
+    assert len(lines) == 1, out
+    assert f"another snakemake run (pid {second.live_pid}, started " in lines[0]
+    assert f"kill {second.live_pid}" in lines[0]
+
+
+def _planned(proc) -> set[str]:
+    assert proc.returncode == 0, _out(proc)
+    if "Nothing to be done" in proc.stdout + proc.stderr:
+        return set()
+    return set(re.findall(r"^(\w+)\s+\d+$", proc.stdout, flags=re.M)) - {"total", "job"}
+
+
+def _planned_jobs(study, *args) -> tuple[set[str], str]:
+    """(rules planned, the dry run's text) for run A after an edit."""
+    proc = subprocess.run(sheets_run(study.a, study.raw, "-n", *args), capture_output=True,
+                          text=True, timeout=300)
+    return _planned(proc), proc.stdout
+
+
+PER_PARTICIPANT = {"convert", "preprocess", "segment", "fit"}
+STUDY_LEVEL = {"quantify", "stats", "figure1", "figure2", "figure3", "verification", "mrsinmrs",
+               "provenance", "qc_scans", "all"}
+
+
+class _Restore:
+    """Edit a file in place, then put back its bytes and its mtime (the raw tree of the
+    shared study must be as it was for the tests that follow)."""
+
+    def __init__(self, path: Path):
+        self.path, self.data, self.stat = path, path.read_bytes(), path.stat()
+
+    def __enter__(self):
+        return self.path
+
+    def __exit__(self, *exc):
+        self.path.write_bytes(self.data)
+        os.utime(self.path, ns=(self.stat.st_atime_ns, self.stat.st_mtime_ns))
+
+
+def _pids_in(dry_run_text: str) -> set[str]:
+    return set(re.findall(r"wildcards: pid=(sub-\w+)", dry_run_text))
+
+
+def test_spar_edit_reruns_that_participants_chain_only(study):
+    """A SPAR is an input of its participant's conversion: moving the voxel in it (a header
+    edit, the SDAT untouched) reruns that participant's conversion and everything after it,
+    and no other participant's jobs."""
+    scans = pd.read_csv(study.raw / "scans.tsv", sep="\t", keep_default_na=False)
+    row = scans.iloc[-1]
+    spar = (study.raw / row.mrs).with_suffix(".SPAR")
+    with _Restore(spar):
+        text = spar.read_text()
+        assert "\nap_off_center : " in text
+        spar.write_text(re.sub(r"\nap_off_center : [^\n]*", "\nap_off_center : 23.0", text))
+        planned, text = _planned_jobs(study, "-p")
+    assert planned == PER_PARTICIPANT | STUDY_LEVEL, planned
+    assert _pids_in(text) == {row.participant_id}
+    assert _planned_jobs(study)[0] == set()  # restored: nothing to do
+
+
+def test_dicom_slice_replaced_reruns_that_t1s_chain_only(study):
+    """Each file of a T1 series is an input: one slice rewritten in place (new pixel values,
+    same name; the folder's mtime does not change) reruns that participant's chain. Touching
+    it without a change reruns nothing (Snakemake compares checksums of small inputs)."""
+    import pydicom
+
+    scans = pd.read_csv(study.raw / "scans.tsv", sep="\t", keep_default_na=False)
+    row = scans.iloc[0]
+    folder = study.raw / row.t1w
+    dcm = sorted(folder.iterdir())[40]
+    folder_mtime = folder.stat().st_mtime_ns
+    with _Restore(dcm):
+        ds = pydicom.dcmread(dcm)
+        pixels = ds.pixel_array.copy()
+        pixels[10:20, 10:20] += 50
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(dcm)
+        assert folder.stat().st_mtime_ns == folder_mtime
+        planned, text = _planned_jobs(study, "-p")
+    assert planned == PER_PARTICIPANT | STUDY_LEVEL, planned
+    assert _pids_in(text) == {row.participant_id}
+    with _Restore(dcm):
+        dcm.touch()
+        assert _planned_jobs(study)[0] == set()
+
+
+def test_stage_code_edit_reruns_that_stage_and_what_follows(study):
+    """A rule carries its stage's code version (the modules as parsed Python): an edit of
+    mrsflow/quantify.py reruns quantification and what depends on it, never conversion,
+    preprocessing, segmentation or fitting; a comment or docstring edit reruns nothing."""
+    module = ROOT / "workflow" / "mrsflow" / "quantify.py"
+    with _Restore(module):
+        module.write_text(module.read_text() + "\n# a comment changes no result\n")
+        assert _planned_jobs(study)[0] == set()
+        module.write_text(module.read_text() + "_RERUN_PROBE = 1\n")
+        planned, _ = _planned_jobs(study)
+    assert "quantify" in planned and planned <= STUDY_LEVEL, planned
+    module = ROOT / "workflow" / "mrsflow" / "preprocess.py"
+    with _Restore(module):
+        module.write_text(module.read_text() + "_RERUN_PROBE = 1\n")
+        planned, _ = _planned_jobs(study)
+    assert {"preprocess", "fit", "quantify"} <= planned <= {"preprocess", "fit"} | STUDY_LEVEL
+    assert _planned_jobs(study)[0] == set()
+
+
+def test_forced_reruns_and_deletions_never_touch_the_raw_tree(study):
+    """Last test of the module (it deletes run B's results): -F as a dry run and for real,
+    --delete-temp-output and --delete-all-output on the finished run B leave every raw file,
+    its bytes and mtime, and every folder as they were; the forced rerun reproduces run A's
+    tables."""
+    before = tree_state(study.raw)
+    res = study.b / "results"
+    for args in (("-F", "-n"), ("-F",), ("--delete-temp-output",), ("--delete-all-output",)):
+        proc = subprocess.run(sheets_run(study.b, study.raw, *args), capture_output=True,
+                              text=True, timeout=1800)
+        assert proc.returncode == 0, f"{args}: {_out(proc)}"
+        assert tree_state(study.raw) == before, args
+        if args == ("-F",):
+            for rel in ("tables/metabolites.tsv", "tables/exclusions.tsv", "stats/all_models.tsv"):
+                assert (res / rel).read_bytes() == (study.a / "results" / rel).read_bytes(), rel
+    assert not (res / "tables" / "metabolites.tsv").exists()  # the outputs were deleted

@@ -707,6 +707,25 @@ def test_missing_formula_column_is_named(study):
         stats.validate_spec(spec, met, crav, part)  # caught before any fitting
 
 
+def test_participants_left_out_for_a_missing_covariate_are_named(study):
+    """An optional participants.tsv column left empty (n/a) drops that participant from the
+    models that need it, and the note names them and the column; the fit equals a fit
+    without them."""
+    met, crav, part = study
+    part = part.copy()
+    gone = ["sub-003", "sub-040"]
+    part.loc[part.participant_id.isin(gone), "age"] = np.nan
+    spec = {**ANCOVA, "filter": ANCOVA["filter"] + " and drug != 'nac'"}
+    res = stats.run_model(spec, met, crav, part)
+    assert all("left out for a missing value of age (sub-003, sub-040)" in n for n in res.note)
+    ref = stats.run_model(spec, met[~met.participant_id.isin(gone)], crav,
+                          part[~part.participant_id.isin(gone)])
+    assert row(res, "group_adjusted").estimate == pytest.approx(
+        row(ref, "group_adjusted").estimate, rel=1e-12)
+    full = stats.run_model(spec, met, crav, study[2])
+    assert not any("left out" in n for n in full.note)
+
+
 def test_filter_errors_are_named(study):
     met, crav, part = study
     empty = {**ANCOVA, "name": "empty", "filter": "metabolite == 'GABA'"}

@@ -43,12 +43,17 @@ def build_tables(
     tr_ms = float(seq["tr_ms"])
     params = quantify.QuantParams.from_config(cfg["quantify"])
     rows, exclusions = [], []
-    scans = study.scans.sort_values(["participant_id", "session", "film"])
-    for scan in scans.to_dict("records"):
+    scans = study.scans.sort_values(["participant_id", "session", "film"]).to_dict("records")
+    outputs = []
+    for scan in scans:
         keys = {"pid": scan["participant_id"], "ses": scan["session"], "film": scan["film"]}
-        fit, tissue, qc = (_load_json(patterns[k].format(**keys)) for k in ("fit", "tissue", "qc"))
+        outputs.append([_load_json(patterns[k].format(**keys)) for k in ("fit", "tissue", "qc")])
+    shared = shared_raw_data(scans, [qc for _, _, qc in outputs])
+    for scan, (fit, tissue, qc) in zip(scans, outputs, strict=True):
+        key = (scan["participant_id"], scan["session"], scan["film"])
         scan_rows = quantify.scan_rows(
-            scan, fit, tissue, qc, te_ms=te_ms, tr_ms=tr_ms, params=params, rules=cfg["qc"]
+            scan, fit, tissue, qc, te_ms=te_ms, tr_ms=tr_ms, params=params, rules=cfg["qc"],
+            extra_reasons=shared.get(key, ()),
         )
         rows.extend(scan_rows)
         if scan_rows and not scan_rows[0]["qc_pass"]:
@@ -70,6 +75,25 @@ def build_tables(
         ["participant_id", "session", "film", "time"], key=_time_order
     )
     return {"metabolites": metabolites, "exclusions": exclusions, "craving": craving}
+
+
+def shared_raw_data(scans: list[dict], qcs: list[dict]) -> dict[tuple, list[str]]:
+    """Scans whose raw metabolite data are identical to another scan's (the same export
+    listed under two names): {(participant, session, film): [reason]} for each of them. Which
+    one is right cannot be told, so all are excluded."""
+    by_hash: dict[str, list[tuple]] = {}
+    for scan, qc in zip(scans, qcs, strict=True):
+        digest = qc.get("raw_sha256")
+        if digest:
+            key = (scan["participant_id"], scan["session"], scan["film"])
+            by_hash.setdefault(digest, []).append(key)
+    out = {}
+    for keys in by_hash.values():
+        if len(keys) > 1:
+            for k in keys:
+                others = ", ".join(" ".join(o) for o in keys if o != k)
+                out[k] = [f"raw data identical to {others} (one raw file listed as two scans)"]
+    return out
 
 
 def _time_order(col: pd.Series) -> pd.Series:

@@ -41,7 +41,15 @@ from pathlib import Path
 import numpy as np
 
 from mrsflow.errors import InputError
-from mrsflow.vendor import PPM_REFERENCE, RDA_BEGIN, read_spar, validate_spar, vax_f_decode
+from mrsflow.vendor import (
+    PPM_REFERENCE,
+    RDA_BEGIN,
+    philips_pair,
+    read_rda_header,
+    read_spar,
+    validate_spar,
+    vax_f_decode,
+)
 
 __all__ = [
     "ConversionError",
@@ -60,6 +68,9 @@ __all__ = [
 
 #: acquisition labels treated as metabolite-cycled (every transient one SDAT row)
 MC_ACQ_LABELS = frozenset({"mc"})
+# a T1 must be a volume: a 3D T1 at 1 mm has ~170-200 slices; a localiser or a broken export
+# a handful
+MIN_T1_SLICES = 16
 _NII_GZ = ".nii.gz"
 
 
@@ -92,33 +103,6 @@ def find_executable(name: str) -> str:
 # --------------------------------------------------------------------------------------
 # format detection (one sniffer + one command builder per vendor)
 # --------------------------------------------------------------------------------------
-def _sibling(path: Path, suffix: str) -> Path | None:
-    """File next to ``path`` with the same stem and ``suffix`` (case-insensitive)."""
-    for cand in (suffix.upper(), suffix.lower(), suffix.capitalize()):
-        p = path.with_suffix(cand)
-        if p.is_file():
-            return p
-    try:
-        for p in path.parent.iterdir():
-            if p.stem == path.stem and p.suffix.lower() == suffix.lower() and p.is_file():
-                return p
-    except OSError:
-        pass
-    return None
-
-
-def _philips_pair(path: Path) -> tuple[Path, Path] | None:
-    """(SDAT, SPAR) for either member of a Philips pair, or None."""
-    ext = path.suffix.lower()
-    if ext == ".sdat":
-        spar = _sibling(path, ".spar")
-        return (path, spar) if spar is not None else None
-    if ext == ".spar":
-        sdat = _sibling(path, ".sdat")
-        return (sdat, path) if sdat is not None else None
-    return None
-
-
 def _looks_like_spar(spar: Path) -> bool:
     try:
         with spar.open("rb") as fh:
@@ -134,7 +118,7 @@ def _looks_like_spar(spar: Path) -> bool:
 
 
 def _is_philips(path: Path) -> bool:
-    pair = _philips_pair(path)
+    pair = philips_pair(path)
     if pair is None:
         return False
     sdat, spar = pair
@@ -152,7 +136,7 @@ def _is_rda(path: Path) -> bool:
 
 def _philips_command(path: Path, out_dir: Path, out_name: str, *, acq: str,
                      n_rows: int | None, json_sidecar: bool) -> list[str]:
-    pair = _philips_pair(path)
+    pair = philips_pair(path)
     assert pair is not None  # guaranteed by detect_format
     sdat, spar = pair
     if n_rows is None:
@@ -211,7 +195,7 @@ _VENDORS: tuple[_Vendor, ...] = (
 
 def _sdat_hint(path: Path) -> str:
     """Why a Philips pair was rejected, when the SDAT's size is the reason."""
-    pair = _philips_pair(path)
+    pair = philips_pair(path)
     if pair is None or not _looks_like_spar(pair[1]):
         return ""
     size = pair[0].stat().st_size
@@ -237,6 +221,27 @@ def _check_sdat_size(sdat: Path, spar: Path, params: dict) -> str:
             "SPAR's sample/row count disagrees with it")
 
 
+def _check_rda_size(path: Path) -> str:
+    """'' if the RDA holds VectorSize x CSIMatrixSize complex doubles (16 bytes each) after
+    its header, else the problem (spec2nii converts a short RDA without a word, and the
+    spectrum's length is then wrong for every later step)."""
+    try:
+        hdr, offset = read_rda_header(path)
+        n = int(float(hdr["VectorSize"]))
+        voxels = 1
+        for i in range(3):
+            voxels *= int(float(hdr.get(f"CSIMatrixSize[{i}]", "1")))
+    except (ValueError, KeyError) as err:
+        return f"{path}: RDA header unreadable ({err})"
+    size = path.stat().st_size - offset
+    expected = n * voxels * 16
+    if size == expected:
+        return ""
+    return (f"{path} holds {size} bytes of data but its header declares VectorSize={n} x "
+            f"{voxels} voxel(s) (x 16 bytes = {expected} bytes): the RDA is truncated or its "
+            "header disagrees with its data")
+
+
 def detect_format(path: Path | str) -> str:
     """Identify a raw spectroscopy file: ``"philips"`` (either member of a
     SPAR/SDAT pair) or ``"rda"`` (Siemens).
@@ -251,7 +256,7 @@ def detect_format(path: Path | str) -> str:
         if vendor.sniff(path):
             return vendor.name
     hint = ""
-    if path.suffix.lower() in (".sdat", ".spar") and _philips_pair(path) is None:
+    if path.suffix.lower() in (".sdat", ".spar") and philips_pair(path) is None:
         hint = " (Philips SPAR/SDAT pair incomplete: partner file not found)"
     elif path.suffix.lower() in (".sdat", ".spar"):
         hint = " (Philips SPAR/SDAT pair does not look valid" + _sdat_hint(path) + ")"
@@ -428,7 +433,7 @@ def convert_spectrum(path: Path | str, out_nii: Path | str, *, acq: str) -> Path
     fmt = detect_format(path)
     size_problem = ""
     if fmt == "philips":
-        pair = _philips_pair(path)
+        pair = philips_pair(path)
         assert pair is not None
         try:
             params = read_spar(pair[1])
@@ -436,6 +441,10 @@ def convert_spectrum(path: Path | str, out_nii: Path | str, *, acq: str) -> Path
         except ValueError as err:  # vendor's parser names the SPAR and the key
             raise InputError(str(err)) from err
         size_problem = _check_sdat_size(*pair, params)
+    elif fmt == "rda":
+        problem = _check_rda_size(path)
+        if problem:
+            raise InputError(problem)
     out_nii.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmpdir(out_nii.parent, f".{stem}.spec2nii-")
     try:
@@ -485,7 +494,11 @@ def convert_t1(dicom_dir: Path | str, out_nii: Path | str) -> Path:
         if not dicom_dir.exists():
             raise MissingInputError(f"{dicom_dir}: not a directory of DICOM files (not found)")
         raise InputError(f"{dicom_dir}: not a directory of DICOM files")
-    check_slice_spacing(dicom_dir)
+    n_slices = check_slice_spacing(dicom_dir)
+    if 0 < n_slices < MIN_T1_SLICES:
+        raise InputError(
+            f"{dicom_dir}: the T1 series has only {n_slices} slice(s); segmentation and the "
+            f"voxel's tissue fractions need a 3D T1 (at least {MIN_T1_SLICES} slices)")
     out_nii.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_tmpdir(out_nii.parent, f".{stem}.dcm2niix-")
     try:

@@ -173,6 +173,7 @@ __all__ = [
     "resample_basis",
     "resolve_backend",
     "run_fit",
+    "not_fitted",
     "run_fsl_mrs",
     "write_result",
 ]
@@ -1915,16 +1916,54 @@ def run_fit(
     return d
 
 
+def not_fitted(reason: str, names: list[str], *, backend: str) -> dict:
+    """The output contract of a scan that was not fitted (``success`` False, ``message`` the
+    reason, every amplitude None): a scan with no usable data still has its fit files, and
+    the tables list it as excluded with the reason."""
+    empty = {"amplitude": None, "crlb_abs": None, "crlb_pct": None}
+    combined = {c: dict(empty) for c, members in COMBINATIONS.items()
+                if all(m in names for m in members)}
+    return _contract(
+        backend=backend, backend_version=f"mrsflow {__version__}", success=False,
+        message=f"not fitted: {reason}", metabolites={n: dict(empty) for n in names},
+        combined=combined, groups={}, phi0_deg=None, phi1_deg_per_ppm=None, noise_sd=None,
+        residual_sd=None, snr=None, ppm_range=(math.nan, math.nan), baseline=None,
+        baseline_order=None, f0_mhz=None, dwell_s=None, npoints=None, centre_ppm=None,
+        water=None, extra={"not_fitted": reason},
+    )
+
+
+def draw_message(fig, title: str, text: str) -> None:
+    """A QC-page row with a message instead of a fit (a scan that was not fitted)."""
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="tab:red",
+            wrap=True, transform=ax.transAxes)
+
+
 def run_participant(plan: list[dict], basis_dir, png, *, backend: str = "builtin",
                     params: dict | None = None) -> None:
     """The fit step of one participant: :func:`run_fit` for every scan of ``plan`` (dicts
     with metab, water, tissue, json, tsv, label and optionally qc, the preprocessing QC
     JSON) in one process (the basis set is read once), then the participant's spectra QC
     page: a row per scan with the fit (data, fit, baseline, residual), the processed water
-    and, in the title, the preprocessing QC (SNR, linewidths) and the fit quality."""
+    and, in the title, the preprocessing QC (SNR, linewidths) and the fit quality. A scan
+    whose preprocessing found no usable data (QC ``usable`` false) is not fitted
+    (:func:`not_fitted`)."""
     rows = []
     basis = read_fsl_basis(basis_dir)
     for item in plan:
+        name = item.get("label") or Path(item["metab"]).name
+        q = _read_json(item["qc"]) if item.get("qc") else None
+        if q is not None and q.get("usable") is False:
+            reason = "; ".join(q["sanity"]["exclude"])
+            d = write_result(not_fitted(reason, list(basis.names), backend=backend),
+                             item["json"], item["tsv"])
+            print(f"not fitted {item['metab']}: {reason}", flush=True)
+            rows.append(functools.partial(draw_message, title=qcpage.qc_title(name, q),
+                                          text=f"not fitted: {reason}"))
+            continue
         t0 = time.perf_counter()
         d, plottable = _run_fit(item["metab"], item["water"], basis_dir, item["json"],
                                 item["tsv"], backend=backend, params=params,
@@ -1933,13 +1972,10 @@ def run_participant(plan: list[dict], basis_dir, png, *, backend: str = "builtin
               flush=True)
         if png is None:
             continue
-        name = item.get("label") or Path(item["metab"]).name
-        title = f"{name}: {d['backend']} fit quality {d['fit_quality']:.2f}, SNR {d['snr']:.1f}"
-        if item.get("qc"):
-            q = _read_json(item["qc"])
-            title = (f"{name}: SNR {q['snr']:.1f}, NAA FWHM {q['linewidth_naa_hz']:.2f} Hz, "
-                     f"water {q['linewidth_water_hz']:.2f} Hz; {d['backend']} fit quality "
-                     f"{d['fit_quality']:.2f}")
+        fq = "n/a" if d["fit_quality"] is None else f"{d['fit_quality']:.2f}"
+        title = f"{name}: {d['backend']} fit quality {fq}"
+        if q is not None:
+            title = f"{qcpage.qc_title(name, q)}; {title.split(': ', 1)[1]}"
         water = read_nifti_mrs(item["water"])[:3] if item.get("water") else None
         rows.append(functools.partial(draw_fit, result=plottable, title=title, water=water))
     if png is not None:

@@ -96,6 +96,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
+import hashlib
 import json
 import math
 import os
@@ -108,7 +109,7 @@ import numpy as np
 import scipy.linalg
 from scipy.ndimage import median_filter
 
-from mrsflow import __version__, nmrs, qc, qcpage
+from mrsflow import __version__, nmrs, qc, qcpage, sanity
 from mrsflow.errors import InputError
 
 try:  # optional: small BLAS problems run much faster single-threaded on a busy machine
@@ -147,6 +148,7 @@ DEFAULTS: dict = {
     "sign_ppm": ((1.9, 2.1), (2.95, 3.1), (3.15, 3.3)),
     "timestamp": None,
     "plot": True,
+    **sanity.DEFAULTS,  # physical sanity checks (mrsflow.sanity)
 }
 
 
@@ -358,7 +360,8 @@ def klose_ecc(
     """Klose (1990, MRM 14:26) eddy-current correction: ``fid * exp(-i phi_w(t))``.
 
     ``phi_w`` is the unwrapped phase of the water FID where ``|water| > min_snr * sigma``
-    (``sigma`` from the last 10 % of the water FID) from t = 0 on.  Beyond the last reliable
+    (``sigma`` from the last 10 % of the water FID, zero-filled points left out) from t = 0
+    on.  Beyond the last reliable
     point, where the water phase is noise, ``phi_w`` is continued with the model
     ``a + 2 pi df t + b exp(-t / tau)`` (residual water frequency offset plus a
     single-exponential eddy-current phase; ``a, df, b`` by least squares weighted with
@@ -367,7 +370,9 @@ def klose_ecc(
     """
     water = np.asarray(water, dtype=np.complex128)
     n = water.size
-    tail = water[-max(16, n // 10) :]
+    nz = np.flatnonzero(water)  # a zero-filled reference (match_length): its measured part
+    valid = int(nz[-1]) + 1 if nz.size else n
+    tail = water[max(0, valid - max(16, valid // 10)) : valid]
     sigma = float(np.sqrt(np.mean(np.abs(tail - tail.mean()) ** 2) / 2.0))
     mag = np.abs(water)
     bad = np.flatnonzero(mag <= min_snr * max(sigma, 1e-300))
@@ -559,6 +564,19 @@ def remove_water_template(
         "points": int(npt),
     }
     return d - resid, info
+
+
+def match_length(fid: np.ndarray, n: int) -> np.ndarray:
+    """``fid`` truncated or zero-filled to ``n`` points (a water reference acquired with a
+    different number of points than the metabolite scan: the eddy-current correction works
+    point by point, and continues the water phase with its model where the water is below
+    the noise, as in zero-filled points; the water amplitude is the line's area, unchanged
+    once the water has decayed)."""
+    fid = np.asarray(fid)
+    if fid.shape[-1] >= n:
+        return fid[..., :n]
+    return np.concatenate([fid, np.zeros(fid.shape[:-1] + (n - fid.shape[-1],), fid.dtype)],
+                          axis=-1)
 
 
 def water_peak_hz(water: np.ndarray, dwell_s: float, f0_mhz: float) -> float:
@@ -860,7 +878,13 @@ def preprocess_classic(
     w_al, w_alig, w_out, w_rej, w_z, w_info = _align_and_reject(
         water_rows, dwell_s, f0_mhz, p, tuple(p["align_ppm_water"]), None
     )
-    water = w_al[~w_rej].mean(axis=0)
+    water = match_length(w_al[~w_rej].mean(axis=0), n)
+    if water_rows.shape[1] != n:
+        prov.append((
+            "Water reference length",
+            f"{water_rows.shape[1]} points, the metabolite scan {n}: "
+            + ("truncated" if water_rows.shape[1] > n else "zero-filled") + f" to {n}",
+        ))
     dw = water_peak_hz(water, dwell_s, f0_mhz)
     water = shift_hz(water, -dw, dwell_s)
     metab = shift_hz(metab, -dw, dwell_s)
@@ -920,6 +944,7 @@ def preprocess_classic(
         "mode": "classic",
         "n_transients": k,
         "n_water_transients": kw,
+        "water_points": int(water_rows.shape[1]),
         "n_rejected": int(rejected.sum()),
         "rejected_rows": np.flatnonzero(rejected).tolist(),
         "outlier_rows": np.flatnonzero(outlier).tolist(),
@@ -1062,11 +1087,6 @@ def draw_processed(fig, metab, water, dwell_s, f0_mhz, title: str = "") -> None:
     qcpage.draw_water(axw, water, dwell_s, f0_mhz)
 
 
-def _title(name: str, q: dict) -> str:
-    return (f"{name}: SNR {q['snr']:.1f}, NAA FWHM {q['linewidth_naa_hz']:.2f} Hz, "
-            f"water {q['linewidth_water_hz']:.2f} Hz")
-
-
 def plot_processed(path, metab, water, dwell_s, f0_mhz, title: str = "") -> None:
     """PNG of one processed scan (see :func:`draw_processed`)."""
     qcpage.save_one(path, lambda f: draw_processed(f, metab, water, dwell_s, f0_mhz, title),
@@ -1092,15 +1112,12 @@ def run_preprocess(
                                        params=params)
     if _merge_params(params)["plot"] and out_png is not None:
         plot_processed(out_png, res.metab, res.water, dwell, qcd["f0_mhz"],
-                       _title(Path(mrs_nii).name, res.qc))
+                       qcpage.qc_title(Path(mrs_nii).name, qcd))
     return qcd
 
 
-def _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json, out_transients_tsv, *,
-                     mode, water_nii, params):
-    """:func:`run_preprocess` without the picture; returns (QC dict, the processing result
-    with the metabolite and water FIDs, dwell time in s)."""
-    p = _merge_params(params)
+def _read_inputs(mrs_nii, water_nii, mode):
+    """(rows, water rows or None, dwell, f0, ext, affine, NIfTI version) of one scan."""
     data, ext, affine, dwell, img = read_nifti_mrs(mrs_nii)
     f0 = float(ext["SpectrometerFrequency"][0])
     nver = 1 if isinstance(img, nib.Nifti1Image) and not isinstance(img, nib.Nifti2Image) else 2
@@ -1109,20 +1126,95 @@ def _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json, out_transients_
         if rows.shape[0] % 2:
             raise InputError(f"{mrs_nii}: MC data need an even number of transients (pairs), "
                              f"got {rows.shape[0]}")
-        res = preprocess_mc(rows, dwell, f0, p)
-    elif mode == "classic":
-        if water_nii is None:
-            raise InputError(f"{mrs_nii}: classic (water-suppressed) mode needs the water "
-                             "reference (water_nii / --water), none was given")
-        rows = _input_rows(mrs_nii, data, ext, "classic")
-        wdata, wext, _, wdwell, _ = read_nifti_mrs(water_nii)
-        if not math.isclose(wdwell, dwell, rel_tol=1e-6):
-            raise InputError(f"{water_nii}: water reference and metabolite data ({mrs_nii}) "
-                             f"have different dwell times ({wdwell} s vs {dwell} s)")
-        wrows = _input_rows(water_nii, wdata, wext, "classic")
-        res = preprocess_classic(rows, wrows, dwell, f0, p)
-    else:
+        return rows, None, dwell, f0, ext, affine, nver
+    if mode != "classic":
         raise ValueError(f"mode must be 'mc' or 'classic', not {mode!r}")
+    if water_nii is None:
+        raise InputError(f"{mrs_nii}: classic (water-suppressed) mode needs the water "
+                         "reference (water_nii / --water), none was given")
+    rows = _input_rows(mrs_nii, data, ext, "classic")
+    wdata, wext, _, wdwell, _ = read_nifti_mrs(water_nii)
+    if not math.isclose(wdwell, dwell, rel_tol=1e-6):
+        raise InputError(f"{water_nii}: water reference and metabolite data ({mrs_nii}) "
+                         f"have different dwell times ({wdwell} s vs {dwell} s)")
+    wrows = _input_rows(water_nii, wdata, wext, "classic")
+    return rows, wrows, dwell, f0, ext, affine, nver
+
+
+def _unusable(rows: np.ndarray, mode: str) -> Preprocessed:
+    """What is written for a scan with no usable data: the raw mean (non-finite values as 0)
+    as metabolite and water spectra, so every file of the contract exists, and QC that says
+    nothing was processed (the fit step does not fit it)."""
+    mean = np.nan_to_num(np.asarray(rows, complex)).mean(axis=0)
+    none = dict.fromkeys(("snr", "linewidth_naa_hz", "linewidth_water_hz", "naa_ppm",
+                          "water_ppm"))
+    q = {"mode": mode, "n_transients": int(rows.shape[0]), "usable": False, **none}
+    return Preprocessed(mean, mean.copy(), [], q, [])
+
+
+def process_scan(rows, wrows, dwell_s, f0_mhz, mode, params=None) -> Preprocessed:
+    """The preprocessing of one scan's raw rows (and water reference rows) with the physical
+    sanity checks of :mod:`mrsflow.sanity`: data present and finite, a mirrored spectrum
+    conjugated and processed again (or excluded), the water really water. The result's QC
+    holds ``usable`` and ``sanity`` (``exclude``: reasons, ``notes``: corrections)."""
+    p = _merge_params(params)
+    if p["mirrored"] not in ("correct", "exclude"):
+        raise InputError("config 'preprocess': mirrored must be 'correct' or 'exclude'")
+    problems = [sanity.data_problem(rows)]
+    if wrows is not None and sanity.data_problem(wrows):
+        problems.append("water reference: " + sanity.data_problem(wrows))
+    problems = [x for x in problems if x]
+    if problems:
+        res = _unusable(rows, mode)
+        res.qc["sanity"] = {"exclude": problems, "notes": []}
+        return res
+
+    def run(r, w):
+        if mode == "mc":
+            return preprocess_mc(r, dwell_s, f0_mhz, p)
+        return preprocess_classic(r, w, dwell_s, f0_mhz, p)
+
+    res = run(rows, wrows)
+    exclude, notes = [], []
+    mirror = sanity.mirror_check(res.metab, dwell_s, f0_mhz)
+    if mirror["mirrored"] and p["mirrored"] == "correct":
+        res = run(np.conj(rows), None if wrows is None else np.conj(wrows))
+        again = sanity.mirror_check(res.metab, dwell_s, f0_mhz)
+        mirror = {**again, "corrected": True, "before": mirror}
+        res.provenance.insert(0, (
+            "Conjugation",
+            "the stored spectrum was mirrored (NAA, Cr and Cho at their mirror positions "
+            "about 4.65 ppm): raw data conjugated (metabolite and water) before processing",
+        ))
+        notes.append("spectrum was mirrored (conjugated FID): corrected by conjugation")
+        if again["mirrored"]:
+            exclude.append("spectrum mirrored even after conjugation")
+    elif mirror["mirrored"]:
+        exclude.append(
+            f"spectrum mirrored: NAA, Cr and Cho found at their mirror positions about "
+            f"{sanity.CENTRE_PPM} ppm (conjugated FID; preprocess.mirrored: exclude)")
+    dominance = sanity.water_dominance(res.water, dwell_s, f0_mhz)
+    residual = float(res.qc["hlsvd"]["residual_water_before"])
+    exclude += sanity.water_problems(dominance, residual, p, mode=mode)
+    if wrows is not None and wrows.shape[1] != rows.shape[1]:
+        notes.append(f"water reference has {wrows.shape[1]} points, the metabolite scan "
+                     f"{rows.shape[1]}: " + ("truncated" if wrows.shape[1] > rows.shape[1]
+                                             else "zero-filled"))
+    res.qc["usable"] = True
+    res.qc["sanity"] = {"exclude": exclude, "notes": notes, "mirror": mirror,
+                        "water_dominance": dominance, "water_ratio":
+                        (1.0 / residual if residual > 0 else None)}
+    return res
+
+
+def _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json, out_transients_tsv, *,
+                     mode, water_nii, params):
+    """:func:`run_preprocess` without the picture; returns (QC dict, the processing result
+    with the metabolite and water FIDs, dwell time in s)."""
+    p = _merge_params(params)
+    rows, wrows, dwell, f0, ext, affine, nver = _read_inputs(mrs_nii, water_nii, mode)
+    res = process_scan(rows, wrows, dwell, f0, mode, p)
+    res.qc["raw_sha256"] = hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
     stamp = _timestamp(p)
     n = res.metab.size
     write_nifti_mrs(out_metab, res.metab.reshape(1, 1, 1, n), dwell, f0, affine=affine,
@@ -1141,13 +1233,16 @@ def _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json, out_transients_
             "lb_hz": 0.0,
             "text": "NAA height of a pseudo-Voigt + line fit to the real spectrum (NAA "
                     "auto-phase, noise-window linear baseline) / SD of the real noise "
-                    "(quadratic detrend per window); LCModel SNR ~= snr / 2",
+                    "(quadratic detrend per window; windows clipped to the spectral width, "
+                    "the outermost 5 % of each end where none fits); LCModel SNR ~= snr / 2",
         },
         "linewidth": {
             "naa_ppm": list(qc.NAA_PPM), "water_ppm": list(qc.WATER_PPM),
             "text": "FWHM of a pseudo-Voigt + line fit to the real phased spectrum "
                     "(noise-window linear baseline)",
         },
+        "sanity": "exclude: reasons the scan is not what the sheet says (mrsflow.sanity); "
+                  "notes: corrections made",
     }
     qcd["definitions"]["transients_tsv"] = (
         "kind, row (0-based raw row), pair (DIM_DYN), metcycle_index, cycle (+1 = upfield "
@@ -1179,11 +1274,11 @@ def run_participant(plan: list[dict], png: Path | None, *, params: dict | None =
             Path(item["transients"]), mode=item["mode"],
             water_nii=Path(water) if water else None, params=params,
         )
-        print(f"preprocessed {item['mrs']} in {time.perf_counter() - t0:.2f} s: SNR "
-              f"{q['snr']:.1f}", flush=True)
+        print(f"preprocessed {item['mrs']} in {time.perf_counter() - t0:.2f} s: "
+              f"{qcpage.qc_title('', q)[2:]}", flush=True)
         if png is None:  # the workflow's case: nothing of the result is kept
             continue
-        title = _title(item.get("label") or Path(item["mrs"]).name, q)
+        title = qcpage.qc_title(item.get("label") or Path(item["mrs"]).name, q)
         rows.append(functools.partial(draw_processed, metab=res.metab, water=res.water,
                                       dwell_s=dwell, f0_mhz=q["f0_mhz"], title=title))
     if png is not None:

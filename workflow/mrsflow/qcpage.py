@@ -47,6 +47,20 @@ def save_rows(
     return path
 
 
+def _num(value, fmt: str) -> str:
+    """A QC number for a title or log line ('n/a' where the scan has none)."""
+    return "n/a" if value is None else format(value, fmt)
+
+
+def qc_title(name: str, q: dict) -> str:
+    """'<name>: SNR .., NAA FWHM .. Hz, water .. Hz' (or why the scan was not processed)."""
+    if q.get("usable") is False:
+        return f"{name}: not processed ({'; '.join(q['sanity']['exclude'])})"
+    return (f"{name}: SNR {_num(q['snr'], '.1f')}, NAA FWHM "
+            f"{_num(q['linewidth_naa_hz'], '.2f')} Hz, water "
+            f"{_num(q['linewidth_water_hz'], '.2f')} Hz")
+
+
 def draw_water(ax, fid, dwell_s: float, f0_mhz: float) -> None:
     """The processed water reference (real part, 3.9-5.4 ppm, zero-filled x2) into ``ax``."""
     from mrsflow import qc

@@ -188,15 +188,21 @@ METABOLITE_COLUMNS = [
     "f_csf",
     "qc_pass",
     "qc_reason",
+    "qc_note",
 ]
 CRAVING_COLUMNS = ["participant_id", "group", "session", "drug", "period", "film", "time", "vas"]
 
 
-def qc_verdict(qc: Mapping, fit: Mapping, rules: Mapping) -> tuple[bool, str]:
-    """(pass, reason) of one scan under the config's QC rules. CRLB is reported but, by
+def qc_verdict(qc: Mapping, fit: Mapping, rules: Mapping,
+               extra: list[str] | tuple[str, ...] = ()) -> tuple[bool, str]:
+    """(pass, reason) of one scan: first the physical sanity checks of preprocessing
+    (``qc['sanity']['exclude']``, :mod:`mrsflow.sanity`) and any ``extra`` reasons (a raw
+    file shared with another scan), then the config's QC rules. CRLB is reported but, by
     default, not used to exclude: thresholding on CRLB removes low concentrations
     preferentially and biases group means (Kreis 2016, MRM 75:15)."""
-    reasons = []
+    reasons = [*qc.get("sanity", {}).get("exclude", []), *extra]
+    if qc.get("usable") is False:  # not processed, not fitted: the reasons above say why
+        return False, "; ".join(reasons)
     if not fit.get("success", False):
         reasons.append(f"fit failed ({fit.get('message', 'no message')})")
     snr = qc.get("snr")
@@ -224,13 +230,17 @@ def scan_rows(
     tr_ms: float,
     params: QuantParams,
     rules: Mapping,
+    extra_reasons: list[str] | tuple[str, ...] = (),
 ) -> list[dict]:
-    """One row per fitted metabolite (and combination) of one scan."""
+    """One row per fitted metabolite (and combination) of one scan (a scan that was not
+    fitted: its rows with empty concentrations, excluded with the reason)."""
     fractions = {"gm": float(tissue["GM"]), "wm": float(tissue["WM"]), "csf": float(tissue["CSF"])}
-    ok, reason = qc_verdict(qc, fit, rules)
+    ok, reason = qc_verdict(qc, fit, rules, extra_reasons)
+    note = "; ".join(qc.get("sanity", {}).get("notes", []))
     entries = {**fit["metabolites"], **fit.get("combined", {})}
     tcr = entries.get("tCr", {}).get("amplitude")
-    amps = {name: e["amplitude"] for name, e in entries.items()}
+    amps = {name: (math.nan if e["amplitude"] is None else e["amplitude"])
+            for name, e in entries.items()}
     water = fit.get("water_amplitude")
     conc = (
         concentrations(amps, water, fractions, te_ms, tr_ms, params)
@@ -249,8 +259,8 @@ def scan_rows(
                 "metabolite": name,
                 "conc_molal": molal,
                 "conc_molar": molar,
-                "ratio_tcr": e["amplitude"] / tcr if tcr else math.nan,
-                "amplitude": e["amplitude"],
+                "ratio_tcr": amps[name] / tcr if tcr else math.nan,
+                "amplitude": amps[name],
                 "crlb_pct": e.get("crlb_pct"),
                 "snr": qc.get("snr"),
                 "linewidth_water_hz": qc.get("linewidth_water_hz"),
@@ -261,6 +271,7 @@ def scan_rows(
                 "f_csf": fractions["csf"],
                 "qc_pass": ok,
                 "qc_reason": reason,
+                "qc_note": note,
             }
         )
     return rows

@@ -61,7 +61,7 @@ QC_SCAN_COLUMNS = [
     "participant_id", "group", "session", "drug", "film", "acq", "snr", "snr_lcmodel",
     "linewidth_naa_hz", "linewidth_water_hz", "n_transients", "n_rejected",
     "freq_spread_rms_hz", "phase_spread_rms_deg", "fit_backend", "fit_success", "fit_quality",
-    "glu_crlb_pct", "f_gm", "f_wm", "f_csf", "qc_pass", "qc_reason",
+    "glu_crlb_pct", "f_gm", "f_wm", "f_csf", "qc_pass", "qc_reason", "qc_note",
 ]
 #: python distributions whose versions are recorded (in the environment of the report job)
 PROVENANCE_PACKAGES = (
@@ -493,20 +493,14 @@ def git_commit(path: str | Path) -> str:
 
 
 def _listed_raw_files(raw: str, scans: pd.DataFrame) -> list[Path]:
-    """The raw files the scan table names (``mrs`` plus a Philips SPAR sibling, ``water``,
-    ``t1w`` folders)."""
+    """Every raw file the scan table's rows depend on (:func:`mrsflow.sheets.scan_raw_files`:
+    a spectrum with its SPAR, the water reference, each file of a T1 series)."""
+    from mrsflow.sheets import scan_raw_files
+
     out: set[Path] = set()
-    for col in ("mrs", "water", "t1w"):
-        if col not in scans.columns:
-            continue
-        for v in scans[col]:
-            if not isinstance(v, str) or not v:
-                continue
-            path = Path(raw, v)
-            out.add(path)
-            if path.suffix.lower() == ".sdat":
-                out.update(c for c in (path.with_suffix(".SPAR"), path.with_suffix(".spar"))
-                           if c.exists())
+    for row in scans.reset_index().itertuples(index=False):
+        for files in scan_raw_files(raw, row).values():
+            out.update(files)
     return sorted(out)
 
 
@@ -687,6 +681,7 @@ def qc_scans_table(
             "f_csf": t.get("CSF"),
             "qc_pass": ok,
             "qc_reason": reason if isinstance(reason, str) else "",
+            "qc_note": "; ".join((q.get("sanity") or {}).get("notes", [])),
         })
     return pd.DataFrame(rows, columns=QC_SCAN_COLUMNS)
 

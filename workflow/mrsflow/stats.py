@@ -742,6 +742,21 @@ def _is_factor(s: pd.Series, col: str, levels: Mapping) -> bool:
     )
 
 
+def _note_missing(spec: dict, df: pd.DataFrame, cols: Sequence[str]) -> None:
+    """Name, in the model's note (``spec['_notes']``), who was left out for a missing value
+    of a model column (an optional sheet column such as age left empty or n/a)."""
+    notes = spec.get("_notes")
+    na = df[list(cols)].isna()
+    if notes is None or not na.to_numpy().any() or "participant_id" not in df.columns:
+        return
+    parts = []
+    for c in cols:
+        who = sorted(df.loc[na[c], "participant_id"].astype(str).unique())
+        if who:
+            parts.append(f"{c} ({', '.join(who)})")
+    notes.append("left out for a missing value of " + "; ".join(parts))
+
+
 def _model_frame(
     spec: dict, df: pd.DataFrame, cols: Sequence[str], *, factors_only: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -755,6 +770,7 @@ def _model_frame(
                     "within the keys are kept)")
         raise _err(name, f"column(s) {miss} not in the data{hint}")
     frame = df.dropna(subset=list(cols))
+    _note_missing(spec, df, cols)
     if frame.empty:
         raise _err(name, f"no complete rows for columns {list(cols)} after filtering "
                    f"({len(df)} rows had missing values)")
@@ -1356,7 +1372,7 @@ def _run_correlation(spec: dict, tables: Mapping[str, pd.DataFrame | None]) -> p
     name = spec["name"]
     xs, ys = spec["x"], spec["y"]
     base = None
-    dropped: list[str] = []
+    dropped: list[str] = spec.get("_notes", [])
     if not (xs["own"] and ys["own"]):
         base = _source_frame(name, spec["table"], spec["filter"], spec["derive"], tables,
                              dropped)
@@ -1437,9 +1453,10 @@ def run_model(
     """
     s = validate_spec(spec, metabolites, craving, participants, levels=levels)
     tables = {"metabolites": metabolites, "craving": craving, "participants": participants}
+    dropped: list[str] = []
+    s = {**s, "_notes": dropped}  # who the model leaves out, and why (its note column)
     if s["kind"] == "correlation":
         return _run_correlation(s, tables)
-    dropped: list[str] = []
     df = _source_frame(s["name"], s["table"], s["filter"], s["derive"], tables, dropped)
     if s["kind"] == "welch_t":
         return _note_dropped(_run_welch(s, df), dropped)

@@ -77,6 +77,7 @@ __all__ = [
     "PPM_REFERENCE",
     "SPAR_REQUIRED_KEYS",
     "VoxelGeometry",
+    "philips_pair",
     "read_rda_header",
     "read_sdat",
     "read_spar",
@@ -94,6 +95,36 @@ PPM_REFERENCE = 4.65
 
 # LPS <-> RAS flip (its own inverse; det = +1, i.e. a 180 degree rotation about z)
 _FLIP_LPS_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+# --------------------------------------------------------------------------------------
+# file pairs
+# --------------------------------------------------------------------------------------
+def sibling(path: Path, suffix: str) -> Path | None:
+    """File next to ``path`` with the same stem and ``suffix`` (case-insensitive)."""
+    for cand in (suffix.upper(), suffix.lower(), suffix.capitalize()):
+        p = path.with_suffix(cand)
+        if p.is_file():
+            return p
+    try:
+        for p in path.parent.iterdir():
+            if p.stem == path.stem and p.suffix.lower() == suffix.lower() and p.is_file():
+                return p
+    except OSError:
+        pass
+    return None
+
+
+def philips_pair(path: Path) -> tuple[Path, Path] | None:
+    """(SDAT, SPAR) for either member of a Philips pair, or None."""
+    ext = path.suffix.lower()
+    if ext == ".sdat":
+        spar = sibling(path, ".spar")
+        return (path, spar) if spar is not None else None
+    if ext == ".spar":
+        sdat = sibling(path, ".sdat")
+        return (sdat, path) if sdat is not None else None
+    return None
 
 
 # --------------------------------------------------------------------------------------

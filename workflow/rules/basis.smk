@@ -21,6 +21,7 @@ rule basis:
         mem_mb=1000,
         runtime=10,
     params:
+        code=CODE["basis"],
         sequence=as_json(config["sequence"]),
         basis=as_json(config["basis"]),
     shell:

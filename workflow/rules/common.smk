@@ -12,7 +12,9 @@ from types import SimpleNamespace
 # not the package is pip-installed in the environment that runs snakemake.
 sys.path.insert(0, str(Path(workflow.basedir, "workflow")))
 
-from mrsflow.sheets import load_study  # noqa: E402
+from mrsflow import startup  # noqa: E402
+from mrsflow.errors import InputError  # noqa: E402
+from mrsflow.sheets import load_study, raw_path, scan_raw_files  # noqa: E402
 from mrsflow.twin.design import scan_sheet, study_design  # noqa: E402
 
 # Rules run `python -m mrsflow ...`; make the package importable in every job (pip set-up,
@@ -25,6 +27,25 @@ shell.prefix(
 
 RAW = config["data"]["raw_dir"].rstrip("/")
 TWIN = config["data"]["source"] == "twin"
+ALLOW_OUTSIDE_RAW = config["data"].get("allow_outside_raw", False)
+
+# Before anything is built: the raw folder lies where no output can touch it, results/ can
+# be written, and no other run is working here (a job process re-reading the Snakefile, on
+# a cluster node, skips this: its main process has checked).
+if workflow.is_main_process:
+    for _problem in (
+        startup.live_run(),
+        startup.raw_folder_problem(RAW, twin=TWIN),
+        startup.results_problem(),
+    ):
+        if _problem:
+            startup.fail(_problem)
+
+# The version of each stage's code (its modules as parsed Python, with the package modules
+# they import; see mrsflow.startup). Every rule carries its stage's as the param `code`, so
+# an edit of a stage's module reruns that stage and what follows it (Snakemake's params
+# rerun trigger); comments and docstrings do not count.
+CODE = startup.stage_code_versions(".snakemake/mrsflow/code-digests.json")
 BASIS_NAME = config["basis"]["name"]
 SCAN_COLUMNS = ["participant_id", "session", "film", "group", "drug", "period"]
 
@@ -50,7 +71,7 @@ def _scan_table():
             design.scans[SCAN_COLUMNS], on=["participant_id", "session", "film"]
         )
     else:
-        table = load_study(Path(RAW)).scans
+        table = load_study(Path(RAW), allow_outside=ALLOW_OUTSIDE_RAW).scans
     # the T1 each scan uses is named after the first session that lists that series
     first = table.groupby(["participant_id", "t1w"]).session.transform("min")
     return table.assign(t1_session=first).set_index(
@@ -58,7 +79,12 @@ def _scan_table():
     )
 
 
-SCANS = _scan_table()
+try:
+    SCANS = _scan_table()
+except (
+    InputError
+) as _err:  # a sheet problem: one line naming the sheet, line and column
+    startup.fail(str(_err))
 PARTICIPANTS = sorted(SCANS.index.unique("participant_id"))
 
 
@@ -169,22 +195,36 @@ def convert_plan(pid):
     t1 = []
     for ses in participant_t1_sessions(pid):
         src = next(r.t1w for r in _ROWS[pid] if r.t1_session == ses)
-        t1.append({"src": f"{RAW}/{src}", "out": t1_file(pid, ses)})
+        t1.append({"src": str(raw_path(RAW, src)), "out": t1_file(pid, ses)})
     mrs = []
     for row in _ROWS[pid]:
         f = scan_files(pid, row.session, row.film)
-        mrs.append({"src": f"{RAW}/{row.mrs}", "acq": row.acq, "out": f["svs"]})
+        mrs.append(
+            {"src": str(raw_path(RAW, row.mrs)), "acq": row.acq, "out": f["svs"]}
+        )
         if row.acq == "ws":
-            mrs.append({"src": f"{RAW}/{row.water}", "acq": "ws", "out": f["mrsref"]})
+            mrs.append(
+                {"src": str(raw_path(RAW, row.water)), "acq": "ws", "out": f["mrsref"]}
+            )
     return {"t1": t1, "mrs": mrs}
+
+
+def participant_raw_files(pid):
+    """Every raw file the participant's results depend on: each spectrum with its SPAR, the
+    water references, each file of the T1 series (a change of any reruns the participant's
+    chain; a folder's mtime would not see a slice rewritten in place)."""
+    files = set()
+    for row in _ROWS[pid]:
+        for group in scan_raw_files(RAW, row).values():
+            files.update(str(p) for p in group)
+    return sorted(files)
 
 
 def convert_inputs(wildcards):
     """The participant's raw files (for the twin, its generated folder)."""
     if TWIN:
         return [f"{RAW}/{wildcards.pid}"]
-    plan = convert_plan(wildcards.pid)
-    return sorted({c["src"] for c in plan["t1"] + plan["mrs"]})
+    return participant_raw_files(wildcards.pid)
 
 
 def segment_plan(pid):

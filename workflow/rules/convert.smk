@@ -18,6 +18,7 @@ rule convert:
         mem_mb=1000,
         runtime=10,
     params:
+        code=CODE["convert"],
         plan=lambda w: plan_json("convert", w.pid),
     shell:
         "python -m mrsflow convert-participant --plan {params.plan:q} > {log} 2>&1"

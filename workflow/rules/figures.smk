@@ -35,6 +35,7 @@ rule figure1:
         mem_mb=2000,
         runtime=10,
     params:
+        code=CODE["figures"],
         stats_dir=lambda w, input: Path(input.stats).parent,
         voxel_xfm=" ".join(shlex.quote(p) for p in SCAN_REGS),
         mrs=" ".join(shlex.quote(p) for p in all_scan_files("svs")),
@@ -77,6 +78,7 @@ rule figure2:
         mem_mb=1000,
         runtime=5,
     params:
+        code=CODE["figures"],
         stats_dir=lambda w, input: Path(input.stats[0]).parent,
         models=as_json(config["stats"]),
     shell:
@@ -110,6 +112,7 @@ rule figure3:
         mem_mb=1000,
         runtime=5,
     params:
+        code=CODE["figures"],
         stats_dir=lambda w, input: Path(input.stats[0]).parent,
         models=as_json(config["stats"]),
     shell:

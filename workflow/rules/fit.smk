@@ -21,6 +21,7 @@ rule fit:
         mem_mb=1000,
         runtime=20,
     params:
+        code=CODE["fit"],
         backend=config["fitting"]["backend"],
         params=as_json(fit_params()),
         plan=lambda w: plan_json("fit", w.pid),

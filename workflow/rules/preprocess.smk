@@ -19,6 +19,7 @@ rule preprocess:
         mem_mb=800,
         runtime=10,
     params:
+        code=CODE["preprocess"],
         plan=lambda w: plan_json("preprocess", w.pid),
         params=as_json(config["preprocess"]),
     shell:

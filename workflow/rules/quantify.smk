@@ -32,6 +32,7 @@ rule quantify:
         mem_mb=1000,
         runtime=10,
     params:
+        code=CODE["quantify"],
         config=as_json({k: config[k] for k in ("sequence", "quantify", "qc")}),
         raw_dir=lambda w, input: Path(input.sheets[0]).parent,
         patterns=lambda w: as_json(

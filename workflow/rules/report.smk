@@ -105,6 +105,7 @@ rule twin_recovery:
         mem_mb=1500,
         runtime=20,
     params:
+        code=CODE["report"],
         stats=as_json(config["stats"]),
         truth_dir=lambda w, input: Path(input.truth[0]).parent,
     shell:
@@ -141,6 +142,7 @@ rule verification:
         mem_mb=500,
         runtime=5,
     params:
+        code=CODE["report"],
         source=config["data"]["source"],
         twin=lambda w: (
             f"--twin {shlex.quote(as_json(config.get('twin', {})))} --recovery-dir {RECOVERY}"
@@ -182,6 +184,7 @@ rule mrsinmrs:
         mem_mb=1000,
         runtime=10,
     params:
+        code=CODE["report"],
         config=as_json(
             {
                 k: config.get(k, {})
@@ -240,6 +243,7 @@ rule provenance:
         mem_mb=500,
         runtime=30,
     params:
+        code=CODE["report"],
         config=as_json(config),
         raw_dir=lambda w, input: Path(input.sheets[0]).parent,
         snakemake_version=SNAKEMAKE_VERSION,
@@ -278,6 +282,7 @@ rule qc_scans:
         mem_mb=500,
         runtime=5,
     params:
+        code=CODE["report"],
         raw_dir=lambda w, input: Path(input.sheets[0]).parent,
         patterns=lambda w: as_json(
             {

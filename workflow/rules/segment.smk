@@ -17,6 +17,8 @@ rule mni_template:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        code=CODE["segment"],
     shell:
         "python -m mrsflow mni-template --out {output:q} > {log} 2>&1"
 
@@ -39,6 +41,7 @@ rule segment:
         mem_mb=2000,
         runtime=30,
     params:
+        code=CODE["segment"],
         backend=config["segment"]["backend"],
         plan=lambda w: plan_json("segment", w.pid),
     shell:

@@ -28,6 +28,7 @@ rule stats:
         mem_mb=1000,
         runtime=10,
     params:
+        code=CODE["stats"],
         stats=as_json(config["stats"]),
         out_dir=lambda w, output: Path(output.summary).parent,
     shell:

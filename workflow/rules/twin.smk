@@ -25,6 +25,7 @@ rule twin_sheets:
         mem_mb=500,
         runtime=5,
     params:
+        code=CODE["twin"],
         twin=as_json(config["twin"]),
         raw_dir=lambda w, output: Path(output[0]).parent,
     shell:
@@ -44,6 +45,8 @@ rule twin_template:
     resources:
         mem_mb=2000,
         runtime=5,
+    params:
+        code=CODE["twin"],
     shell:
         "python -m mrsflow twin-template --out {output:q} > {log} 2>&1"
 
@@ -71,11 +74,12 @@ rule twin_participants:
         "results/benchmarks/twin/participants.tsv"
     conda:
         "../../envs/twin.yaml"
-    threads: min(8, workflow.cores)
+    threads: lambda wildcards: min(8, workflow.cores)
     resources:
         mem_mb=lambda wildcards, threads: 600 + 900 * threads,
         runtime=lambda wildcards, threads: 10 + len(PARTICIPANTS) // threads,
     params:
+        code=CODE["twin"],
         config=as_json({k: config[k] for k in ("twin", "sequence", "quantify")}),
         participants=PARTICIPANTS,
         raw_dir=lambda w, output: Path(output.raw[0]).parent,
