@@ -271,8 +271,16 @@ def scan_line(pid: str, film: str, acq: str = "mc", water: str = "", mrs: str | 
 GOOD_SCANS = [scan_line(p, f) for p in ("sub-01", "sub-02") for f in ("neutral", "cocaine")]
 
 
+def tiny_export(stem: Path, te_ms: float = 30.0, n_points: int = 2048) -> None:
+    """A valid one-row Philips export of the configured protocol (TE 30 ms, TR 2 s, 127.8 MHz,
+    2000 Hz, 2048 points): what the start-up reads is its SPAR header."""
+    fid = np.exp(-np.arange(n_points) / 100.0).astype(complex)
+    write_philips(stem, fid[None, :], f0_mhz=F0, bandwidth_hz=BW, te_ms=te_ms, tr_ms=2000,
+                  geometry=GEOM, n_averages_per_row=64)
+
+
 def raw_folder(root: Path, scans: list[str], participants: str | None = None) -> Path:
-    """A raw folder with the sheets and (empty) files: enough to build the DAG."""
+    """A raw folder with the sheets and small but valid files: enough to build the DAG."""
     raw = root / "raw"
     for name, text in SHEETS.items():
         (raw / name).parent.mkdir(parents=True, exist_ok=True)
@@ -282,11 +290,11 @@ def raw_folder(root: Path, scans: list[str], participants: str | None = None) ->
     (raw / "scans.tsv").write_text(SCANS_HEADER + "".join(scans))
     for pid in ("sub-01", "sub-02"):
         (raw / pid / "anat" / "T1w").mkdir(parents=True, exist_ok=True)
+        (raw / pid / "anat" / "T1w" / "IM_0001.dcm").touch()
         (raw / pid / "mrs").mkdir(parents=True, exist_ok=True)
         for film in ("neutral", "cocaine"):
-            for ext in ("SDAT", "SPAR"):
-                (raw / pid / "mrs" / f"{pid}_{film}.{ext}").touch()
-        (raw / pid / "mrs" / f"{pid}_water.SDAT").touch()
+            tiny_export(raw / pid / "mrs" / f"{pid}_{film}")
+        tiny_export(raw / pid / "mrs" / f"{pid}_water")
     return raw
 
 
@@ -461,8 +469,7 @@ def test_absolute_paths_only_with_the_switch(tmp_path):
     raw = raw_folder(tmp_path, GOOD_SCANS)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    for ext in ("SDAT", "SPAR"):
-        (outside / f"x.{ext}").touch()
+    tiny_export(outside / "x")
     scans = [*GOOD_SCANS[:-1], scan_line("sub-02", "cocaine", mrs=str(outside / "x.SDAT"))]
     (raw / "scans.tsv").write_text(SCANS_HEADER + "".join(scans))
     _one_error_line(dry_run(tmp_path, raw))

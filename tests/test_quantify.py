@@ -116,3 +116,28 @@ def test_creatine_phantom_through_fit_and_quantify(tmp_path):
     assert conc["Cr"][0] == pytest.approx(molal, rel=0.01)
     for other in ("NAA", "Glu", "Ins"):
         assert conc[other][1] < 0.1
+
+
+def test_each_scan_is_quantified_with_its_own_te_and_tr():
+    """The fit JSON records the scan's protocol (from its header); its rows use that TE and
+    TR for the relaxation corrections, not the config's `sequence`."""
+    p = q.QuantParams()
+    frac = {"gm": 0.6, "wm": 0.3, "csf": 0.1}
+    scan = {"participant_id": "sub-1", "group": "HC", "session": "ses-1", "drug": "none",
+            "period": 1, "film": "neutral"}
+    tissue = {"GM": 0.6, "WM": 0.3, "CSF": 0.1, "mrsflow": {"tissue_source": "default"}}
+    qc = {"snr": 30.0, "linewidth_naa_hz": 7.0, "linewidth_water_hz": 8.0}
+    rules = {"snr_min": 8, "linewidth_naa_max_hz": 12.8, "linewidth_water_max_hz": 15}
+    amps = q.signal_amplitudes({"Glu": 10.0}, frac, 35.0, 3000.0, p, 1.0e4)
+    fit = {"success": True, "metabolites": {"Glu": {"amplitude": amps["Glu"], "crlb_pct": 5}},
+           "water_amplitude": 1.0e4,
+           "extra": {"protocol": {"name": "te35", "te_ms": 35.0, "tr_ms": 3000.0}}}
+    proto = fit["extra"]["protocol"]
+    (row,) = q.scan_rows(scan, fit, tissue, qc, te_ms=proto["te_ms"], tr_ms=proto["tr_ms"],
+                         params=p, rules=rules)
+    assert row["conc_molal"] == pytest.approx(10.0, rel=1e-12)
+    assert (row["protocol"], row["te_ms"], row["tr_ms"]) == ("te35", 35.0, 3000.0)
+    assert row["tissue_source"] == "default"
+    (wrong,) = q.scan_rows(scan, fit, tissue, qc, te_ms=30.0, tr_ms=2000.0, params=p,
+                           rules=rules)
+    assert abs(wrong["conc_molal"] / 10.0 - 1) > 0.01  # the TE/TR used matter

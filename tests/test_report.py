@@ -85,8 +85,8 @@ def test_mrsinmrs_table_from_nifti_mrs_headers(tmp_path):
     loc = v["Volume of interest location"]
     assert loc.startswith("left nucleus accumbens") and "-6.0 ± 1.4" in loc
     assert "MNI (-10.0, 12.0, -8.0)" in loc
-    assert v["Echo time (TE)"] == "30 ms (config sequence: 30 ms)"
-    assert v["Repetition time (TR)"] == "2000 ms (config sequence: 2000 ms)"
+    assert v["Echo time (TE)"] == "30 ms (config protocols: b 30 ms)"
+    assert v["Repetition time (TR)"] == "2000 ms (config protocols: b 2000 ms)"
     assert v["Number of transients (averages) per spectrum"] == "8 (DIM_METCYCLE 2 x DIM_DYN 4)"
     assert v["Spectral width"] == "2000 Hz"
     assert v["Spectral points"] == "512"
@@ -145,6 +145,29 @@ def test_provenance_checksums_equal_hashlib_and_output_is_deterministic(tmp_path
     assert rows[rows.kind == "sha256"].set_index("name").value.to_dict() == sums
     for pkg in ("python", "numpy", "pandas", "nibabel", "mrsflow", "dcm2niix (binary)"):
         assert pkg in prov["software"]
+
+
+def test_mrsinmrs_per_protocol_averages_from_raw_headers_and_region_from_config(tmp_path):
+    """Two protocols in one study: TE per scan from the headers, each protocol's TE1/TE2
+    split, averages from the raw export's header (a pre-averaged SDAT says 64, not 1), the
+    region label from config report.voi_location."""
+    paths = [_fake_scan(tmp_path / "a_svs.nii.gz"), _fake_scan(tmp_path / "b_svs.nii.gz")]
+    headers = report.read_headers(paths)
+    headers[1]["hdr"]["EchoTime"] = 0.035
+    cfg = {**CONFIG, "report": {"voi_location": "posterior cingulate cortex"},
+           "protocols": {"te35": {**CONFIG["sequence"], "te2_ms": 23.0}}}
+    fits = [{"backend": "builtin", "backend_version": "0.1.0", "fit_quality": 1.0,
+             "extra": {"protocol": {"name": name, "averages": n}}}
+            for name, n in (("b", 64), ("te35", 48))]
+    t = report.mrsinmrs_table(headers, cfg, fits=fits, metabolites=_metabolites(),
+                              reporting={"voi_location": "left nucleus accumbens"})
+    v = dict(zip(t["item"], t["value"], strict=True))
+    assert v["Echo time (TE)"] == ("30 ms (1 scans); 35 ms (1 scans) (config protocols: b 30 ms, "
+                                   "te35 35 ms)")
+    assert "b: TE1/TE2 12/18 ms; te35: TE1/TE2 12/23 ms" in v["Pulse sequence"]
+    assert v["Number of transients (averages) per spectrum"] == (
+        "64 (raw header) (1 scans); 48 (raw header) (1 scans)")
+    assert v["Volume of interest location"].startswith("posterior cingulate cortex;")
 
 
 def test_raw_files_missing_path_is_an_error(tmp_path):

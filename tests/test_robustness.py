@@ -500,6 +500,49 @@ def test_stage_code_edit_reruns_that_stage_and_what_follows(study):
     assert _planned_jobs(study)[0] == set()
 
 
+def _as_mrs_bids(raw: Path, bids: Path) -> None:
+    """The study's raw folder rewritten as MRS-BIDS: each spectrum as the NIfTI-MRS spec2nii
+    makes of it (sub-*/ses-*/mrs/*_task-<film>_svs.nii.gz), each T1 as the NIfTI dcm2niix
+    makes of its DICOM series (sub-*/ses-*/anat/*_T1w.nii.gz), the sheets but scans.tsv."""
+    from mrsflow import convert
+
+    for sheet in ("participants.tsv", "sessions.tsv", "phenotype/craving.tsv"):
+        (bids / sheet).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(raw / sheet, bids / sheet)
+    scans = pd.read_csv(raw / "scans.tsv", sep="\t", keep_default_na=False)
+    for r in scans.itertuples():
+        stem = f"{r.participant_id}_{r.session}"
+        convert.convert_spectrum(raw / r.mrs, bids / r.participant_id / r.session / "mrs"
+                                 / f"{stem}_task-{r.film}_svs.nii.gz", acq=r.acq)
+        t1_ses = Path(r.t1w).parts[1]  # the twin keeps each T1 in the session it was taken
+        t1 = bids / r.participant_id / t1_ses / "anat" / f"{r.participant_id}_{t1_ses}_T1w.nii.gz"
+        if not t1.exists():
+            convert.convert_t1(raw / r.t1w, t1)
+
+
+def test_mrs_bids_folder_of_nifti_files_gives_the_same_rows(study, tmp_path):
+    """The same study as an MRS-BIDS folder (no scans.tsv: spectra found by their names, as
+    NIfTI-MRS; T1s as NIfTI) gives metabolites.tsv rows identical to the vendor files' run
+    A: a NIfTI-MRS input is its vendor file, a NIfTI T1 the DICOM series it was made from
+    (same tissue fractions)."""
+    bids = tmp_path / "bids"
+    _as_mrs_bids(study.raw, bids)
+    assert not (bids / "scans.tsv").exists()
+    proc = subprocess.run(
+        [*sheets_run(tmp_path / "run", bids)[:1], "results/tables/metabolites.tsv",
+         *sheets_run(tmp_path / "run", bids)[1:]], capture_output=True, text=True,
+        timeout=1800)
+    assert proc.returncode == 0, _out(proc)
+    got = (tmp_path / "run" / "results" / "tables" / "metabolites.tsv").read_bytes()
+    assert got == (study.a / "results" / "tables" / "metabolites.tsv").read_bytes()
+    tissue = sorted((tmp_path / "run" / "results" / "segment").rglob("*_desc-tissue.json"))
+    assert len(tissue) == 20
+    for f in tissue:
+        ref = study.a / "results" / f.relative_to(tmp_path / "run" / "results")
+        a, b = json.loads(f.read_text()), json.loads(ref.read_text())
+        assert {k: a[k] for k in ("GM", "WM", "CSF")} == {k: b[k] for k in ("GM", "WM", "CSF")}
+
+
 def test_forced_reruns_and_deletions_never_touch_the_raw_tree(study):
     """Last test of the module (it deletes run B's results): -F as a dry run and for real,
     --delete-temp-output and --delete-all-output on the finished run B leave every raw file,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 
@@ -103,6 +104,43 @@ def test_voxel_fractions_through_the_workflow_step(subject):
     assert doc["mrsflow"]["brain_fraction"] > 0.99
     assert out_png.stat().st_size > 10_000
     assert abs(fr["covered_volume_mm3"] / (12 * 10 * 14) - 1) < 0.02
+
+
+def test_nifti_t1_gives_the_fractions_of_its_dicom_series(subject, tmp_path):
+    """A T1 given as a NIfTI file (what BIDS datasets hold) is used in its own world
+    coordinates: made by dcm2niix from the DICOM series, it gives the very fractions the
+    series gives; and a scan without a T1 gets the fractions it is given, marked so."""
+    from mrsflow import convert
+
+    anat = subject["anat"]
+    aff = mrs_affine(anat, ACCUMBENS_MNI[0], (10.0, 12.0, 10.0), (0.0, 15.0, 0.0))
+    nib.save(nib.Nifti2Image(np.zeros((1, 1, 1, 64), np.complex64), aff), tmp_path / "svs.nii.gz")
+    from_dicom = convert.convert_t1(subject["tmp"] / "dicom", tmp_path / "a" / "T1w.nii.gz")
+    nifti = tmp_path / "bids" / "sub-hc01_T1w.nii"  # an uncompressed NIfTI as a lab has it
+    nifti.parent.mkdir()
+    nifti.write_bytes(gzip.decompress(from_dicom.read_bytes()))
+    from_nifti = convert.convert_t1(nifti, tmp_path / "b" / "T1w.nii.gz")
+    a, b = nib.load(from_dicom), nib.load(from_nifti)
+    np.testing.assert_array_equal(a.affine, b.affine)
+    np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+    fractions = []
+    for t1, tag in ((from_dicom, "a"), (from_nifti, "b")):
+        plan = {"t1": [{"t1": str(t1), "out_dir": str(tmp_path / tag / "seg")}],
+                "voxels": [{"t1": str(t1), "mrs": str(tmp_path / "svs.nii.gz"),
+                            "json": str(tmp_path / tag / "tissue.json"), "label": "x"},
+                           {"t1": None, "fractions": {"gm": 0.7, "wm": 0.2, "csf": 0.1},
+                            "source": "scans.tsv", "mrs": str(tmp_path / "svs.nii.gz"),
+                            "json": str(tmp_path / tag / "given.json"), "label": "y"}]}
+        S.run_participant(plan, tmp_path / tag / "page.png", backend="builtin")
+        fractions.append(json.loads((tmp_path / tag / "tissue.json").read_text()))
+        given = json.loads((tmp_path / tag / "given.json").read_text())
+        assert (given["GM"], given["WM"], given["CSF"]) == (0.7, 0.2, 0.1)
+        assert given["mrsflow"]["tissue_source"] == "scans.tsv"
+    assert fractions[0]["mrsflow"]["tissue_source"] == "T1"
+    assert {k: fractions[0][k] for k in ("GM", "WM", "CSF")} == {
+        k: fractions[1][k] for k in ("GM", "WM", "CSF")}
+    truth = A.voxel_truth_fractions(anat, aff)
+    assert abs(fractions[1]["GM"] - truth["f_gm"]) < TOL
 
 
 def test_voxel_outside_brain_is_detected(subject):

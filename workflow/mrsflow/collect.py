@@ -51,8 +51,11 @@ def build_tables(
     shared = shared_raw_data(scans, [qc for _, _, qc in outputs])
     for scan, (fit, tissue, qc) in zip(scans, outputs, strict=True):
         key = (scan["participant_id"], scan["session"], scan["film"])
+        # the scan's own TE and TR (its header, recorded by the fit step), else `sequence`
+        proto = (fit.get("extra") or {}).get("protocol") or {}
         scan_rows = quantify.scan_rows(
-            scan, fit, tissue, qc, te_ms=te_ms, tr_ms=tr_ms, params=params, rules=cfg["qc"],
+            scan, fit, tissue, qc, te_ms=float(proto.get("te_ms", te_ms)),
+            tr_ms=float(proto.get("tr_ms", tr_ms)), params=params, rules=cfg["qc"],
             extra_reasons=shared.get(key, ()),
         )
         rows.extend(scan_rows)

@@ -27,6 +27,7 @@ conjugates on access, as FSL-MRS does) - and pair it with :func:`ppm_axis`.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import os
 import shutil
@@ -186,10 +187,31 @@ class _Vendor:
     command: Callable[..., list[str]]
 
 
-# Add new formats here (e.g. DICOM MRS: sniff the SOP class; TWIX: the .dat header).
+def _is_nifti_mrs(path: Path) -> bool:
+    """A NIfTI file (.nii, .nii.gz) with the NIfTI-MRS header extension (code 44): already
+    converted (spec2nii's output for TWIX, GE, DICOM MRS, Bruker...; MRS-BIDS holds these)."""
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError):
+        return False
+    return any(e.get_code() == 44 for e in img.header.extensions)
+
+
+def _no_command(path: Path, *args, **kwargs) -> list[str]:
+    return []
+
+
+# Add new formats here (e.g. DICOM MRS: sniff the SOP class; TWIX: the .dat header). Formats
+# spec2nii reads but this list does not (TWIX, GE P-files, DICOM MRS, Bruker...) come in as
+# NIfTI-MRS converted with spec2nii beforehand (README: "Other vendors").
 _VENDORS: tuple[_Vendor, ...] = (
     _Vendor("philips", _is_philips, _philips_command),
     _Vendor("rda", _is_rda, _rda_command),
+    _Vendor("nifti-mrs", _is_nifti_mrs, _no_command),
 )
 
 
@@ -262,6 +284,8 @@ def detect_format(path: Path | str) -> str:
         hint = " (Philips SPAR/SDAT pair does not look valid" + _sdat_hint(path) + ")"
     elif path.suffix.lower() == ".rda":
         hint = f" (no '{RDA_BEGIN}' line)"
+    elif path.name.endswith((".nii", ".nii.gz")):
+        hint = " (a NIfTI file without the NIfTI-MRS header extension)"
     raise InputError(
         f"{path}: unknown spectroscopy file type{hint}; supported: "
         + ", ".join(v.name for v in _VENDORS)
@@ -431,6 +455,8 @@ def convert_spectrum(path: Path | str, out_nii: Path | str, *, acq: str) -> Path
     out_nii = Path(out_nii)
     stem = _stem_nii_gz(out_nii)
     fmt = detect_format(path)
+    if fmt == "nifti-mrs":
+        return _copy_nifti_mrs(path, out_nii)
     size_problem = ""
     if fmt == "philips":
         pair = philips_pair(path)
@@ -477,7 +503,74 @@ def convert_spectrum(path: Path | str, out_nii: Path | str, *, acq: str) -> Path
     return out_nii
 
 
-def convert_t1(dicom_dir: Path | str, out_nii: Path | str) -> Path:
+def _copy_nifti_mrs(path: Path, out_nii: Path) -> Path:
+    """An already converted NIfTI-MRS file, validated (``nifti_mrs.validator``) and copied
+    unchanged (a ``.nii`` is gzipped); its data and header extension are what spec2nii
+    wrote for it, so everything downstream is as for the vendor file."""
+    try:
+        validate_nifti_mrs(path)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    out_nii.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_nii.with_name(f".{out_nii.name}.part")
+    if path.name.endswith(".nii.gz"):
+        shutil.copyfile(path, tmp)
+    else:
+        with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst)
+    os.replace(tmp, out_nii)
+    return out_nii
+
+
+def convert_t1(src: Path | str, out_nii: Path | str) -> Path:
+    """A T1 to ``out_nii``: a DICOM series folder with dcm2niix (:func:`convert_t1_dicom`),
+    or a NIfTI file (.nii, .nii.gz), used in its own world coordinates
+    (:func:`copy_t1_nifti`)."""
+    src = Path(src)
+    if src.is_file() and src.name.endswith((".nii", ".nii.gz")):
+        return copy_t1_nifti(src, out_nii)
+    return convert_t1_dicom(src, out_nii)
+
+
+def copy_t1_nifti(src: Path | str, out_nii: Path | str) -> Path:
+    """A NIfTI T1 checked (one 3D volume, at least :data:`MIN_T1_SLICES` slices along every
+    axis, a finite invertible affine) and copied byte for byte as ``out_nii`` (a ``.nii`` is
+    gzipped): its own voxels and affine, so the MRS voxel lands where the scanner put it. A
+    BIDS JSON sidecar beside it is copied too."""
+    import nibabel as nib
+
+    src, out_nii = Path(src), Path(out_nii)
+    try:
+        img = nib.load(str(src))
+        shape = img.shape
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as err:
+        raise InputError(f"{src}: not a readable NIfTI T1 ({err})") from None
+    spatial = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    if len(spatial) != 3:
+        raise InputError(f"{src}: a T1 must be one 3D volume, this NIfTI has shape {shape}")
+    if min(spatial) < MIN_T1_SLICES:
+        raise InputError(f"{src}: the T1 has only {min(spatial)} slice(s) along one axis "
+                         f"(shape {shape}); segmentation needs a 3D T1 (at least "
+                         f"{MIN_T1_SLICES} slices)")
+    aff = img.affine
+    if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-6:
+        raise InputError(f"{src}: the T1's affine is not a valid voxel-to-world transform")
+    out_nii.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_nii.with_name(f".{out_nii.name}.part")
+    if src.name.endswith(".gz"):
+        shutil.copyfile(src, tmp)
+    else:
+        with open(src, "rb") as fin, gzip.open(tmp, "wb", compresslevel=1) as fout:
+            shutil.copyfileobj(fin, fout)
+    os.replace(tmp, out_nii)
+    stem = src.name[: -len(".nii.gz")] if src.name.endswith(".nii.gz") else src.name[:-4]
+    sidecar = src.with_name(f"{stem}.json")
+    if sidecar.is_file():
+        shutil.copyfile(sidecar, out_nii.parent / f"{_stem_nii_gz(out_nii)}.json")
+    return out_nii
+
+
+def convert_t1_dicom(dicom_dir: Path | str, out_nii: Path | str) -> Path:
     """Convert a single DICOM series to ``out_nii`` (+ BIDS ``.json`` sidecar) with
     ``dcm2niix -1 -z y -b y -f NAME -o DIR DICOM_DIR``. ``-1`` is gzip level 1 (dcm2niix's
     fastest; default 6): for a 1 mm head, half the time (0.6 s instead of 1.2 s) for a file

@@ -1952,21 +1952,31 @@ def run_participant(plan: list[dict], basis_dir, png, *, backend: str = "builtin
     whose preprocessing found no usable data (QC ``usable`` false) is not fitted
     (:func:`not_fitted`)."""
     rows = []
-    basis = read_fsl_basis(basis_dir)
+    bases: dict[str, Basis] = {}  # read once per protocol's basis set
     for item in plan:
         name = item.get("label") or Path(item["metab"]).name
+        item_basis = str(item.get("basis") or basis_dir)
+        if item_basis not in bases:
+            bases[item_basis] = read_fsl_basis(item_basis)
+        basis = bases[item_basis]
         q = _read_json(item["qc"]) if item.get("qc") else None
+        scan_params = dict(params or {})
+        proto = item.get("protocol")
+        if proto:  # the scan's own TE/TR (FSL-MRS takes them; recorded in the fit JSON)
+            scan_params.update(te_ms=proto["te_ms"], tr_ms=proto["tr_ms"], protocol=proto)
         if q is not None and q.get("usable") is False:
             reason = "; ".join(q["sanity"]["exclude"])
-            d = write_result(not_fitted(reason, list(basis.names), backend=backend),
-                             item["json"], item["tsv"])
+            res = not_fitted(reason, list(basis.names), backend=backend)
+            if proto:
+                res["extra"]["protocol"] = proto
+            d = write_result(res, item["json"], item["tsv"])
             print(f"not fitted {item['metab']}: {reason}", flush=True)
             rows.append(functools.partial(draw_message, title=qcpage.qc_title(name, q),
                                           text=f"not fitted: {reason}"))
             continue
         t0 = time.perf_counter()
-        d, plottable = _run_fit(item["metab"], item["water"], basis_dir, item["json"],
-                                item["tsv"], backend=backend, params=params,
+        d, plottable = _run_fit(item["metab"], item["water"], item_basis, item["json"],
+                                item["tsv"], backend=backend, params=scan_params,
                                 tissue_json=item["tissue"], basis=basis)
         print(f"fitted {item['metab']} in {time.perf_counter() - t0:.3f} s: {d['message']}",
               flush=True)
@@ -2013,6 +2023,8 @@ def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, par
             tissue_json=tissue_json,
             params=p,
         )
+        if p.get("protocol"):
+            d.setdefault("extra", {})["protocol"] = p["protocol"]
         d = write_result(d, out_json, out_tsv)
         return d, _fsl_plot_arrays(out_dir, fid, dwell, f0, centre, d)
     res = fit_spectrum(
@@ -2037,6 +2049,8 @@ def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, par
             ppm_range=tuple(p.get("water_ppm_range", (4.0, 5.3))),
             centre_ppm=centre,
         )
+    if p.get("protocol"):
+        res.extra["protocol"] = p["protocol"]
     res.extra["inputs"] = {
         "metab": str(metab_nii),
         "water": None if water_nii is None else str(water_nii),

@@ -186,6 +186,10 @@ METABOLITE_COLUMNS = [
     "f_gm",
     "f_wm",
     "f_csf",
+    "tissue_source",
+    "protocol",
+    "te_ms",
+    "tr_ms",
     "qc_pass",
     "qc_reason",
     "qc_note",
@@ -237,6 +241,7 @@ def scan_rows(
     fractions = {"gm": float(tissue["GM"]), "wm": float(tissue["WM"]), "csf": float(tissue["CSF"])}
     ok, reason = qc_verdict(qc, fit, rules, extra_reasons)
     note = "; ".join(qc.get("sanity", {}).get("notes", []))
+    proto = (fit.get("extra") or {}).get("protocol") or {}
     entries = {**fit["metabolites"], **fit.get("combined", {})}
     tcr = entries.get("tCr", {}).get("amplitude")
     amps = {name: (math.nan if e["amplitude"] is None else e["amplitude"])
@@ -269,6 +274,10 @@ def scan_rows(
                 "f_gm": fractions["gm"],
                 "f_wm": fractions["wm"],
                 "f_csf": fractions["csf"],
+                "tissue_source": (tissue.get("mrsflow") or {}).get("tissue_source", "T1"),
+                "protocol": proto.get("name", ""),
+                "te_ms": te_ms,
+                "tr_ms": tr_ms,
                 "qc_pass": ok,
                 "qc_reason": reason,
                 "qc_note": note,

@@ -165,6 +165,17 @@ def _transients(h: dict) -> tuple[int, str]:
     return n, desc
 
 
+def _protocols(config: Mapping) -> dict:
+    """{name: protocol} of the config (:func:`mrsflow.protocol.protocols`), tolerant of a
+    config without ``basis`` (then ``sequence`` alone, named 'sequence')."""
+    from mrsflow import protocol
+
+    if "basis" in config and "sequence" in config:
+        return protocol.protocols(config)
+    seq = dict(config.get("sequence") or {})
+    return {"sequence": seq} if seq else {}
+
+
 def mrsinmrs_table(
     headers: Sequence[dict],
     config: Mapping,
@@ -215,16 +226,21 @@ def mrsinmrs_table(
     rows.append(_row(1, "Additional hardware", NA_HEADER, src_h))
 
     # 2. acquisition
-    seq = config.get("sequence", {})
     bseq = (basis_meta or {}).get("seq", {})
     seq_name = str(bseq.get("sequence", "")).upper() or "n/a"
     protocol = _unique(h.get("SequenceName") or h.get("ProtocolName") for h in hdrs)
+    protos = _protocols(config)
+    used = _unique(((f.get("extra") or {}).get("protocol") or {}).get("name") for f in fits)
+    split = "; ".join(f"{n}: TE1/TE2 {p['te1_ms']:g}/{p['te2_ms']:g} ms" for n, p in
+                      protos.items() if not fits or n in used)
     rows.append(_row(2, "Pulse sequence",
-                     f"{seq_name} (scanner protocol: {protocol}; basis simulated for "
-                     f"TE1/TE2 {seq.get('te1_ms', 'NA')}/{seq.get('te2_ms', 'NA')} ms)",
-                     f"{src_h}: ProtocolName; basis set metadata; config sequence"))
+                     f"{seq_name} (scanner protocol: {protocol}; basis simulated per protocol "
+                     f"for {split}; scans per protocol: {used})",
+                     f"{src_h}: ProtocolName; basis set metadata; config sequence/protocols "
+                     "(the TE1/TE2 split of PRESS is not in the headers)"))
     centres = np.array([h["centre_mm"] for h in headers], float)
-    loc = reporting.get("voi_location", "not given (config/verification.yaml reporting)")
+    loc = (config.get("report") or {}).get("voi_location") or reporting.get(
+        "voi_location", "not given (config report.voi_location)")
     parts = [f"{loc}; voxel centre (scanner x, y, z in mm, mean ± SD over {len(centres)} "
              "scans): " + ", ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(
                  centres.mean(0), centres.std(0, ddof=1) if len(centres) > 1 else [0.0] * 3,
@@ -245,16 +261,20 @@ def mrsinmrs_table(
                  else None for h in hdrs)
     tr = _unique(_num(1000 * h["RepetitionTime"], 5) + " ms" if h.get("RepetitionTime")
                  is not None else None for h in hdrs)
-    te_cfg = float(seq.get("te1_ms", math.nan)) + float(seq.get("te2_ms", math.nan))
-    rows.append(_row(2, "Echo time (TE)", f"{te} (config sequence: {_num(te_cfg, 4)} ms)",
+    cfg_te = ", ".join(f"{n} {_num(p['te1_ms'] + p['te2_ms'], 4)} ms" for n, p in protos.items())
+    cfg_tr = ", ".join(f"{n} {_num(p['tr_ms'], 5)} ms" for n, p in protos.items())
+    rows.append(_row(2, "Echo time (TE)", f"{te} (config protocols: {cfg_te})",
                      f"{src_h}: EchoTime"))
-    rows.append(_row(2, "Repetition time (TR)",
-                     f"{tr} (config sequence: {_num(seq.get('tr_ms', math.nan), 5)} ms)",
+    rows.append(_row(2, "Repetition time (TR)", f"{tr} (config protocols: {cfg_tr})",
                      f"{src_h}: RepetitionTime"))
     trans = [_transients(h) for h in headers]
+    raw_avg = [((f.get("extra") or {}).get("protocol") or {}).get("averages") for f in fits]
+    if fits and len(raw_avg) == len(trans):  # the raw export's header says how many
+        trans = [(a, "raw header") if a else t for a, t in zip(raw_avg, trans, strict=True)]
     rows.append(_row(2, "Number of transients (averages) per spectrum",
                      _unique(f"{n} ({d})" for n, d in trans),
-                     "NIfTI-MRS data shape and dim_5-7 tags"))
+                     "raw export header (SPAR averages x rows, RDA NumberOfAverages), else "
+                     "the NIfTI-MRS data shape and dim_5-7 tags"))
     sw = [h["hdr"].get("SpectralWidth") or (1.0 / h["dwell_s"] if h["dwell_s"] else None)
           for h in headers]
     rows.append(_row(2, "Spectral width", _unique(f"{float(s):g} Hz" for s in sw),

@@ -796,6 +796,20 @@ def tissue_fractions(seg: Segmentation, coverage: Coverage) -> dict:
     return out
 
 
+def text_row(text: str, width: int = 900):
+    """A QC-page row that is only a line of text (wrapped), as a Pillow image."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    lines = textwrap.wrap(text, width=width // 8)
+    img = Image.new("RGB", (width, 24 + 18 * len(lines)), "black")
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(lines):
+        draw.text((12, 12 + 18 * i), line, fill="white", font=_font(13))
+    return img
+
+
 def write_fractions_json(path: Path, fracs: Mapping, extra: Mapping | None = None) -> Path:
     """FSL-MRS segmentation JSON: {"CSF", "GM", "WM"} (what ``svs_segment`` writes and
     ``fsl_mrs --tissue_frac`` reads) plus our own fields under "mrsflow"."""
@@ -1123,6 +1137,7 @@ def _voxel_fractions(t1_nii: Path, seg: Segmentation, seg_aff: np.ndarray, mrs_n
             "re-oriented or re-sliced"
         )
     extra = {
+        "tissue_source": "T1",
         "t1": str(t1_nii),
         "mrs": str(mrs_nii),
         "voxel_centre_world_mm": [round(float(v), 3) for v in mrs_affine[:3, 3]],
@@ -1158,7 +1173,19 @@ def run_participant(plan: dict, png: Path | None, *, backend: str = "auto",
         loaded[item["t1"]] = (seg, t1)
     placements: dict[tuple, dict] = {}  # one page row per distinct voxel placement
     backgrounds = {}
+    without_t1 = []
     for v in plan["voxels"]:
+        if v.get("t1") is None:  # no T1: the fractions given in scans.tsv or the default
+            fr = {f"f_{t}": float(v["fractions"][t]) for t in ("gm", "wm", "csf")}
+            mrs_affine = nib.load(v["mrs"]).affine
+            write_fractions_json(Path(v["json"]), fr, {
+                "tissue_source": v["source"], "t1": None, "mrs": str(v["mrs"]),
+                "voxel_centre_world_mm": [round(float(x), 3) for x in mrs_affine[:3, 3]],
+                "voxel_size_mm": [round(float(x), 3) for x in _voxel_sizes(mrs_affine)]})
+            print(f"tissue fractions of {v['mrs']} ({v['source']}, no T1): GM {fr['f_gm']:.3f} "
+                  f"WM {fr['f_wm']:.3f} CSF {fr['f_csf']:.3f}", flush=True)
+            without_t1.append(f"{v.get('label') or Path(v['mrs']).name} ({v['source']})")
+            continue
         if v["t1"] not in loaded:
             raise InputError(f"{v['mrs']}: its T1 {v['t1']} is not among the participant's "
                              "segmented T1s")
@@ -1180,6 +1207,9 @@ def run_participant(plan: dict, png: Path | None, *, backend: str = "auto",
                                           "fr": fr, "labels": []})
         row["labels"].append(v.get("label") or Path(v["mrs"]).name)
     if png is not None:
-        qcpage.save_images(png, [voxel_page_row(r["bg"], r["aff"], fractions=r["fr"],
-                                                title=", ".join(r["labels"]))
-                                 for r in placements.values()])
+        rows = [voxel_page_row(r["bg"], r["aff"], fractions=r["fr"], title=", ".join(r["labels"]))
+                for r in placements.values()]
+        if without_t1:
+            rows.append(text_row("no T1, so no placement and tissue fractions from the sheet "
+                                 "or the config's default: " + "; ".join(without_t1)))
+        qcpage.save_images(png, rows)

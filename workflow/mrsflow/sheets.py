@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,13 +158,16 @@ def spectrum_files(path: Path) -> list[Path]:
 
 @functools.cache
 def t1_files(path: Path) -> tuple[Path, ...]:
-    """The raw files of a T1: every (non-hidden) file of a DICOM series folder, or the file.
+    """The raw files of a T1: every (non-hidden) file of a DICOM series folder, or the NIfTI
+    file (with its JSON sidecar).
     (Listed once per process: the scans of a participant's sessions share their T1.)"""
     if path.is_dir():
         return tuple(sorted(p for p in path.rglob("*")
                             if p.is_file() and not any(s.startswith(".") for s in
                                                        p.relative_to(path).parts)))
-    return (path,)
+    stem = path.name.removesuffix(".gz").removesuffix(".nii")
+    sidecar = path.with_name(f"{stem}.json")  # a NIfTI T1's BIDS sidecar (copied along)
+    return (path, sidecar) if sidecar.is_file() else (path,)
 
 
 def scan_raw_files(raw_dir: Path | str, row) -> dict[str, list[Path]]:
@@ -212,15 +216,27 @@ def _check_sessions(path: Path, ses: pd.DataFrame, group: dict[str, str]) -> Non
 
 
 def _check_scans(raw_dir: Path, path: Path, scans: pd.DataFrame, ses_keys: set,
-                 check_files: bool, allow_outside: bool) -> None:
+                 check_files: bool, allow_outside: bool, where: list[str] | None = None
+                 ) -> None:
+    """``where``: the file each row was found as (MRS-BIDS), else rows are scans.tsv lines."""
     used: dict[str, tuple[int, str, tuple]] = {}  # normalised path -> (line, column, owner)
+    lines = where
     for i, row in enumerate(scans.itertuples(index=False)):
-        where = f"{path}, line {i + 2}"
+        where = lines[i] if lines else f"{path}, line {i + 2}"
         if (row.participant_id, row.session) not in ses_keys:
             raise InputError(f"{where}: session {row.session} of {row.participant_id} is not "
                              "in sessions.tsv")
         if row.acq == "ws" and not row.water:
             raise InputError(f"{where}: acq=ws needs a water reference file in column 'water'")
+        given = [getattr(row, f"f_{t}", "") for t in ("gm", "wm", "csf")]
+        if any(not is_missing(v) for v in given):
+            if any(is_missing(v) for v in given):
+                raise InputError(f"{where}, columns f_gm/f_wm/f_csf: give all three tissue "
+                                 "fractions or none")
+            total = sum(float(v) for v in given)
+            if abs(total - 1.0) > 0.01:
+                raise InputError(f"{where}, columns f_gm/f_wm/f_csf: the tissue fractions "
+                                 f"sum to {total:.3g}, not 1")
         if row.acq == "mc" and row.water:
             raise InputError(f"{where}, column water: acq=mc scans take their water from the "
                              "same acquisition; leave 'water' empty (or set acq=ws)")
@@ -253,15 +269,118 @@ def _check_scans(raw_dir: Path, path: Path, scans: pd.DataFrame, ses_keys: set,
             used[key] = (i + 2, col, owner)
 
 
+# MRS-BIDS: sub-<label>[_ses-<label>][_<key>-<value>...]_svs.nii[.gz]
+_BIDS_SVS = re.compile(r"^(?P<sub>sub-[A-Za-z0-9]+)(?:_(?P<ses>ses-[A-Za-z0-9]+))?"
+                       r"(?P<ents>(?:_[a-zA-Z]+-[A-Za-z0-9]+)*)_svs\.nii(?:\.gz)?$")
+NO_SESSION = "ses-1"  # the session of an MRS-BIDS dataset without session folders
+
+
+def _films() -> list[str]:
+    schema = yaml.safe_load((SCHEMA_DIR / "scans.schema.yaml").read_text())
+    return list(schema["properties"]["film"]["enum"])
+
+
+def _dim5(path: Path) -> str | None:
+    import json
+
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    ext = next((e for e in img.header.extensions if e.get_code() == 44), None)
+    if ext is None:
+        raise InputError(f"{path}: not a NIfTI-MRS file (no header extension)")
+    content = ext.get_content()
+    hdr = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
+    return hdr.get("dim_5")
+
+
+def _bids_t1(raw_dir: Path, sub: str, ses: str | None) -> str:
+    """The participant's T1 (``anat/*_T1w.nii[.gz]``): of the scan's session, else of any
+    of the participant's sessions (the first), else ''."""
+    here = raw_dir / sub / ses / "anat" if ses else raw_dir / sub / "anat"
+    found = sorted(here.glob("*_T1w.nii*")) or sorted((raw_dir / sub).glob("*/anat/*_T1w.nii*"))
+    return found[0].relative_to(raw_dir).as_posix() if found else ""
+
+
+def discover_bids_scans(raw_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The scan table of an MRS-BIDS raw folder (no scans.tsv): one row per
+    ``sub-*/[ses-*/]mrs/*_svs.nii[.gz]`` whose ``task-`` entity is a film of the design; its
+    water reference is the ``_mrsref`` file with the same entities (acq ws), or none when
+    the spectrum is metabolite-cycled (``dim_5`` DIM_METCYCLE: acq mc); its T1 the
+    ``anat/*_T1w.nii[.gz]`` of its session (else of another session, else none). A dataset
+    without session folders is one session, ``ses-1``. Returns (table, the file of each
+    row, for messages)."""
+    films = _films()
+    rows, where = [], []
+    for svs in sorted(raw_dir.glob("sub-*/**/mrs/*_svs.nii*")):
+        m = _BIDS_SVS.match(svs.name)
+        rel = svs.relative_to(raw_dir)
+        if m is None or rel.parts[0] != m["sub"] or (m["ses"] and m["ses"] not in rel.parts):
+            raise InputError(f"{svs}: not an MRS-BIDS name (sub-<label>[_ses-<label>]"
+                             "_task-<film>[_...]_svs.nii.gz in sub-*/[ses-*/]mrs/)")
+        ents = dict(e.split("-", 1) for e in m["ents"].strip("_").split("_") if e)
+        film = ents.get("task")
+        if film not in films:
+            raise InputError(f"{svs}: task-{film} is not a film of the design ({', '.join(films)});"
+                             " list the study's scans in scans.tsv to choose them")
+        ref = svs.with_name(svs.name.replace("_svs.nii", "_mrsref.nii"))
+        if ref.is_file():
+            acq, water = "ws", ref.relative_to(raw_dir).as_posix()
+        elif _dim5(svs) == "DIM_METCYCLE":
+            acq, water = "mc", ""
+        else:
+            raise InputError(f"{svs}: no water reference ({ref.name}) and not "
+                             "metabolite-cycled (dim_5 is not DIM_METCYCLE)")
+        rows.append({"participant_id": m["sub"], "session": m["ses"] or NO_SESSION,
+                     "film": film, "acq": acq, "mrs": rel.as_posix(), "water": water,
+                     "t1w": _bids_t1(raw_dir, m["sub"], m["ses"])})
+        where.append(str(svs))
+    if not rows:
+        raise InputError(f"{raw_dir}: no scans.tsv, and no MRS-BIDS spectra "
+                         "(sub-*/[ses-*/]mrs/*_svs.nii.gz)")
+    table = pd.DataFrame(rows)
+    dup = table[table.duplicated(KEYS["scans"], keep=False)]
+    if not dup.empty:
+        files = [where[i] for i in dup.index]
+        raise InputError(f"{raw_dir}: several spectra for {dup.iloc[0].participant_id} "
+                         f"{dup.iloc[0].session} film {dup.iloc[0].film}: {files}")
+    return table, where
+
+
+def _bids_sessions(raw_dir: Path) -> tuple[pd.DataFrame, Path] | None:
+    """Sessions from the per-participant BIDS files ``sub-*/sub-*_sessions.tsv``
+    (``session_id`` plus the design columns drug, period), or None."""
+    files = sorted(raw_dir.glob("sub-*/sub-*_sessions.tsv"))
+    if not files:
+        return None
+    frames = []
+    for f in files:
+        df = read_tsv(f).rename(columns={"session_id": "session"})
+        df.insert(0, "participant_id", f.parent.name)
+        frames.append(validate_sheet(df, "sessions", f))
+    return pd.concat(frames, ignore_index=True), files[0]
+
+
 def load_study(raw_dir: Path, *, check_files: bool = True, allow_outside: bool = False) -> Study:
     """Read and cross-check all sheets of a raw folder.
 
     ``check_files`` (at DAG build): every file named must exist inside the raw folder (or
-    anywhere, with ``allow_outside``)."""
+    anywhere, with ``allow_outside``). Without ``scans.tsv`` the raw folder is read as
+    MRS-BIDS (:func:`discover_bids_scans`), and sessions may come from per-participant
+    ``sub-*/sub-*_sessions.tsv`` files instead of ``sessions.tsv``."""
     raw_dir = Path(raw_dir)
-    sheets = {}
+    sheets, paths, where = {}, {}, None
     for name, rel in SHEETS.items():
         path = raw_dir / rel
+        paths[name] = path
+        if name == "scans" and not path.is_file():
+            sheets[name], where = discover_bids_scans(raw_dir)
+            continue
+        if name == "sessions" and not path.is_file():
+            found = _bids_sessions(raw_dir)
+            if found is not None:
+                sheets[name], paths[name] = found
+                continue
         sheets[name] = validate_sheet(read_tsv(path), name, path)
     part, ses, scans = sheets["participants"], sheets["sessions"], sheets["scans"]
 
@@ -270,18 +389,18 @@ def load_study(raw_dir: Path, *, check_files: bool = True, allow_outside: bool =
         unknown = sorted(set(sheets[name].participant_id) - known)
         if unknown:
             raise InputError(
-                f"{raw_dir / SHEETS[name]}: participant(s) not in participants.tsv: {unknown}"
+                f"{paths[name]}: participant(s) not in participants.tsv: {unknown}"
             )
     group = dict(zip(part.participant_id, part.group, strict=True))
-    _check_sessions(raw_dir / SHEETS["sessions"], ses, group)
+    _check_sessions(paths["sessions"], ses, group)
     ses_keys = set(zip(ses.participant_id, ses.session, strict=True))
     for i, row in enumerate(sheets["craving"].itertuples(index=False)):
         if (row.participant_id, row.session) not in ses_keys:
-            raise InputError(f"{raw_dir / SHEETS['craving']}, line {i + 2}, column session: "
+            raise InputError(f"{paths['craving']}, line {i + 2}, column session: "
                              f"session {row.session} of {row.participant_id} is not in "
                              "sessions.tsv")
-    _check_scans(raw_dir, raw_dir / SHEETS["scans"], scans, ses_keys, check_files,
-                 allow_outside)
+    _check_scans(raw_dir, paths["scans"], scans, ses_keys, check_files, allow_outside,
+                 where=where)
     table = scans.merge(part[["participant_id", "group"]], on="participant_id").merge(
         ses[["participant_id", "session", "drug", "period"]], on=["participant_id", "session"]
     )

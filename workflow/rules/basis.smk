@@ -1,4 +1,5 @@
-# Stage 2: metabolite basis spectra simulated from spin physics for the study's sequence.
+# Stage 2: metabolite basis spectra simulated from spin physics, one set per protocol of the
+# study (`sequence`, named after basis.name, and any under `protocols`).
 
 
 rule basis:
@@ -14,6 +15,8 @@ rule basis:
         "results/logs/basis/{name}.log",
     benchmark:
         "results/benchmarks/basis/{name}.tsv"
+    wildcard_constraints:
+        name="|".join(re.escape(n) for n in PROTOCOLS),
     conda:
         "../../envs/basis.yaml"
     threads: 1
@@ -22,7 +25,7 @@ rule basis:
         runtime=10,
     params:
         code=CODE["basis"],
-        sequence=as_json(config["sequence"]),
+        sequence=lambda w: as_json(protocol_sequence(w.name)),
         basis=as_json(config["basis"]),
     shell:
         "python -m mrsflow basis --sequence {params.sequence:q} --basis {params.basis:q}"

@@ -3,16 +3,19 @@
 
 import functools
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
+
 # The Snakefile itself imports mrsflow (scan table, design): make it importable whether or
 # not the package is pip-installed in the environment that runs snakemake.
 sys.path.insert(0, str(Path(workflow.basedir, "workflow")))
 
-from mrsflow import startup  # noqa: E402
+from mrsflow import protocol, startup  # noqa: E402
 from mrsflow.errors import InputError  # noqa: E402
 from mrsflow.sheets import load_study, raw_path, scan_raw_files  # noqa: E402
 from mrsflow.twin.design import scan_sheet, study_design  # noqa: E402
@@ -48,6 +51,9 @@ if workflow.is_main_process:
 CODE = startup.stage_code_versions(".snakemake/mrsflow/code-digests.json")
 BASIS_NAME = config["basis"]["name"]
 SCAN_COLUMNS = ["participant_id", "session", "film", "group", "drug", "period"]
+# the study's acquisition protocols: `sequence` (named after basis.name) and any declared
+# under `protocols`; one basis set is simulated per protocol that a scan uses
+PROTOCOLS = protocol.protocols(config)
 
 
 wildcard_constraints:
@@ -61,10 +67,33 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def _scan_protocols(table):
+    """Each scan's protocol from its raw file's header (mrsflow.protocol), matched against
+    the config's protocols: a scan that matches none stops the run naming the file and the
+    field. The twin's files do not exist yet: they are written with `sequence`."""
+    if TWIN:
+        seq = PROTOCOLS[BASIS_NAME]
+        head = {f: seq[f] for f in protocol.FIELDS}
+        head["averages"] = config["twin"]["n_transients"]
+        return table.assign(protocol=BASIS_NAME, **head)
+    rows = []
+    for rec in table.to_dict("records"):
+        path = raw_path(RAW, rec["mrs"])
+        head = protocol.read_header(path)
+        rows.append(
+            {
+                **{f: head[f] for f in protocol.FIELDS},
+                "averages": head["averages"],
+                "protocol": protocol.match(head, PROTOCOLS, head["header"]),
+            }
+        )
+    return pd.concat([table.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+
+
 def _scan_table():
-    """One row per MRS scan: keys, design columns and raw files (relative to RAW). For the
-    twin the table comes from the seeded design (the files do not exist yet when the DAG is
-    built); for real data from the raw folder's validated sheets."""
+    """One row per MRS scan: keys, design columns, raw files (relative to RAW) and the
+    protocol. For the twin the table comes from the seeded design (the files do not exist
+    yet when the DAG is built); for real data from the raw folder's validated sheets."""
     if TWIN:
         design = study_design(config["twin"])
         table = scan_sheet(design, config["twin"]).merge(
@@ -72,18 +101,19 @@ def _scan_table():
         )
     else:
         table = load_study(Path(RAW), allow_outside=ALLOW_OUTSIDE_RAW).scans
-    # the T1 each scan uses is named after the first session that lists that series
+    table = _scan_protocols(table)
+    # the T1 each scan uses is named after the first session that lists that series; a
+    # scan without a T1 (t1w empty) has none
+    has_t1 = table.t1w.astype(str) != ""
     first = table.groupby(["participant_id", "t1w"]).session.transform("min")
-    return table.assign(t1_session=first).set_index(
-        ["participant_id", "session", "film"]
-    )
+    table = table.assign(t1_session=first.where(has_t1, ""))
+    return table.set_index(["participant_id", "session", "film"])
 
 
+# a problem with a sheet or a header: one line naming the file (sheet, line, column)
 try:
     SCANS = _scan_table()
-except (
-    InputError
-) as _err:  # a sheet problem: one line naming the sheet, line and column
+except InputError as _err:
     startup.fail(str(_err))
 PARTICIPANTS = sorted(SCANS.index.unique("participant_id"))
 
@@ -94,16 +124,29 @@ def basis_entries():
     )
 
 
-# the basis set: one folder of FSL-MRS JSON files (one per metabolite / macromolecule), an
-# input of every fit and twin job as a folder (one DAG node, not ~30 files per job)
+# a basis set: one folder of FSL-MRS JSON files (one per metabolite / macromolecule), an
+# input of every fit and twin job as a folder (one DAG node, not ~30 files per job); one
+# per protocol in use, BASIS_DIR the `sequence` one (the twin's)
 BASIS_DIR = f"results/basis/{BASIS_NAME}"
+USED_PROTOCOLS = sorted(set(SCANS.protocol), key=list(PROTOCOLS).index)
+
+
+def basis_dir(name):
+    return f"results/basis/{name}"
+
+
+def protocol_sequence(name):
+    """The `sequence`-style block of a protocol (what the basis rule simulates)."""
+    return {k: v for k, v in PROTOCOLS[name].items() if k != "te_ms"}
+
 
 # the MNI152 template prepared once for every T1 -> MNI registration (mrsflow.register)
 MNI_TEMPLATE = "results/segment/MNI152NLin2009aSym_desc-registration_template.npz"
 
 
 def basis_outputs():
-    return [BASIS_DIR, f"results/basis/{BASIS_NAME}.png"]
+    names = sorted(set(USED_PROTOCOLS) | ({BASIS_NAME} if TWIN else set()))
+    return [p for n in names for p in (basis_dir(n), f"{basis_dir(n)}.png")]
 
 
 def twin_outputs():
@@ -123,16 +166,14 @@ FIT = f"results/fit/{SCAN_STEM}"
 
 
 def sheet_files():
-    """The raw folder's sheets (for the twin, written by rule twin_sheets)."""
-    return [
-        f"{RAW}/{s}"
-        for s in (
-            "participants.tsv",
-            "sessions.tsv",
-            "scans.tsv",
-            "phenotype/craving.tsv",
-        )
-    ]
+    """The raw folder's sheets (for the twin, written by rule twin_sheets); participants.tsv
+    first. An MRS-BIDS folder may have no scans.tsv (its scans are found by their names)
+    and per-participant sub-*/sub-*_sessions.tsv instead of sessions.tsv."""
+    names = ["participants.tsv", "sessions.tsv", "scans.tsv", "phenotype/craving.tsv"]
+    if TWIN:
+        return [f"{RAW}/{s}" for s in names]
+    found = [f"{RAW}/{s}" for s in names if Path(RAW, s).is_file()]
+    return found + sorted(str(p) for p in Path(RAW).glob("sub-*/sub-*_sessions.tsv"))
 
 
 # --- per-participant plans ------------------------------------------------------------
@@ -187,7 +228,21 @@ def xfm_file(pid, ses):
 
 
 def participant_t1_sessions(pid):
-    return sorted({r.t1_session for r in _ROWS[pid]})
+    """The sessions whose T1 the participant's scans use (named after the first session
+    that lists each T1; scans without a T1 add none)."""
+    return sorted({r.t1_session for r in _ROWS[pid] if r.t1_session})
+
+
+def scan_fractions(row):
+    """(fractions, source) of a scan without a T1 segmentation: the f_gm/f_wm/f_csf of its
+    scans.tsv row, else the config's segment.default_fractions; (None, 'T1') otherwise.
+    """
+    given = [getattr(row, f"f_{t}", None) for t in ("gm", "wm", "csf")]
+    if all(v not in (None, "") and v == v for v in given):
+        return dict(zip(("gm", "wm", "csf"), map(float, given))), "scans.tsv"
+    if row.t1_session:
+        return None, "T1"
+    return dict(config["segment"]["default_fractions"]), "default"
 
 
 def convert_plan(pid):
@@ -242,9 +297,12 @@ def segment_plan(pid):
     voxels = []
     for row in _ROWS[pid]:
         f = scan_files(pid, row.session, row.film)
+        fractions, source = scan_fractions(row)
         voxels.append(
             {
-                "t1": t1_file(pid, row.t1_session),
+                "t1": t1_file(pid, row.t1_session) if fractions is None else None,
+                "fractions": fractions,
+                "source": source,
                 "mrs": f["svs"],
                 "json": f["tissue"],
                 "label": f"{row.session} {row.film}",
@@ -285,9 +343,27 @@ def fit_plan(pid):
                 "json": f["fit_json"],
                 "tsv": f["fit_tsv"],
                 "label": f"{row.session} {row.film}",
+                "basis": basis_dir(row.protocol),
+                "protocol": scan_protocol(row),
             }
         )
     return plan
+
+
+def scan_protocol(row):
+    """A scan's protocol as its fit records it (quantification reads TE and TR there)."""
+    out = {f: getattr(row, f) for f in protocol.FIELDS}
+    out["points"] = int(out["points"])
+    averages = getattr(row, "averages", None)
+    out["averages"] = (
+        None if averages is None or averages != averages else int(averages)
+    )
+    return {"name": row.protocol, **out}
+
+
+def participant_bases(wildcards):
+    """The basis sets of the protocols of a participant's scans."""
+    return sorted({basis_dir(r.protocol) for r in _ROWS[wildcards.pid]})
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,9 +1,11 @@
 # Stage 10: the paper's figures (mrsflow.figures).
 
-# per scan (in scan-table order): the T1 -> MNI registration of the T1 the scan was planned
-# on (written by the segment step, see segment.smk)
-SCAN_REGS = [
-    xfm_file(pid, t1ses) for (pid, _, _), t1ses in zip(SCANS.index, SCANS.t1_session)
+# per scan with a T1 (in scan-table order): the T1 -> MNI registration of the T1 the scan
+# was planned on (written by the segment step, see segment.smk) and its spectrum (geometry)
+PLACED = [
+    (xfm_file(pid, t1ses), scan_files(pid, ses, film)["svs"])
+    for (pid, ses, film), t1ses in zip(SCANS.index, SCANS.t1_session)
+    if t1ses
 ]
 
 
@@ -37,8 +39,8 @@ rule figure1:
     params:
         code=CODE["figures"],
         stats_dir=lambda w, input: Path(input.stats).parent,
-        voxel_xfm=" ".join(shlex.quote(p) for p in SCAN_REGS),
-        mrs=" ".join(shlex.quote(p) for p in all_scan_files("svs")),
+        voxel_xfm=" ".join(shlex.quote(x) for x, _ in PLACED),
+        mrs=" ".join(shlex.quote(m) for _, m in PLACED),
         spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),
         fits=" ".join(shlex.quote(p) for p in all_scan_files("fit_json")),
         models=as_json(config["stats"]),

@@ -6,7 +6,7 @@ rule fit:
     input:
         preprocessed="results/preprocess/{pid}",
         segmented="results/segment/{pid}",
-        basis=BASIS_DIR,
+        bases=participant_bases,
     output:
         directory("results/fit/{pid}"),
         page=qc_page("spectra", "spectra.rst"),
@@ -25,7 +25,8 @@ rule fit:
         backend=config["fitting"]["backend"],
         params=as_json(fit_params()),
         plan=lambda w: plan_json("fit", w.pid),
+        basis=lambda w, input: input.bases[0],
     shell:
         "python -m mrsflow fit-participant --plan {params.plan:q}"
-        " --basis-dir {input.basis:q} --backend {params.backend}"
+        " --basis-dir {params.basis:q} --backend {params.backend}"
         " --params {params.params:q} --page {output.page:q} > {log} 2>&1"

@@ -191,6 +191,8 @@ rule mrsinmrs:
                 for k in (
                     "data",
                     "sequence",
+                    "protocols",
+                    "report",
                     "basis",
                     "twin",
                     "segment",
