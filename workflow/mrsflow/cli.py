@@ -141,7 +141,11 @@ def _stats(a: argparse.Namespace) -> None:
     from mrsflow import stats
 
     met, crav, part = stats.read_tables(a.metabolites, a.craving, a.participants)
-    stats.run_stats(a.stats, met, crav, part, Path(a.out_dir), Path(a.summary))
+    results = stats.run_stats(a.stats, met, crav, part, Path(a.out_dir), Path(a.summary))
+    for name, table in results.items():  # into the rule's log
+        reason = stats.skip_reason(table)
+        if reason is not None:
+            print(f"mrsflow stats: model '{name}' skipped: {reason}", file=sys.stderr)
 
 
 def _verify_recovery(a: argparse.Namespace) -> None:
