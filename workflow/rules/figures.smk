@@ -1,16 +1,29 @@
 # Stage 10: the paper's figures (mrsflow.figures).
 
-# per scan (in scan-table order): the T1 -> MNI registration of the T1 the scan was planned
-# on (written by the segment step, see segment.smk)
-SCAN_REGS = [
-    xfm_file(pid, t1ses) for (pid, _, _), t1ses in zip(SCANS.index, SCANS.t1_session)
+# per scan with a T1 (in scan-table order): the T1 -> MNI registration of the T1 the scan
+# was planned on (written by the segment step, see segment.smk) and its spectrum (geometry)
+PLACED = [
+    (xfm_file(pid, t1ses), scan_files(pid, ses, film)["svs"])
+    for (pid, ses, film), t1ses in zip(SCANS.index, SCANS.t1_session)
+    if t1ses
 ]
+# config 'figures': the stats model (and rows of its table) each panel draws. A figure's
+# inputs are the tables of those models the stats block runs; a panel whose model is not
+# run, or was skipped, says so on the figure.
+FIGURES = config.get("figures") or {}
+STATS_MODELS = [m["name"] for m in config["stats"]["models"]]
+
+
+def figure_stats(fig):
+    """The stats tables the panels of figure `fig` draw."""
+    names = [(p or {}).get("model") for p in (FIGURES.get(fig) or {}).values()]
+    return [f"results/stats/{n}.tsv" for n in dict.fromkeys(names) if n in STATS_MODELS]
 
 
 rule figure1:
     input:
         metabolites="results/tables/metabolites.tsv",
-        stats="results/stats/baseline_glu_welch.tsv",
+        stats=figure_stats("fig1"),
         segmented=participant_dirs("segment"),
         converted=participant_dirs("convert"),
         preprocessed=participant_dirs("preprocess"),
@@ -36,29 +49,27 @@ rule figure1:
         runtime=10,
     params:
         code=CODE["figures"],
-        stats_dir=lambda w, input: Path(input.stats).parent,
-        voxel_xfm=" ".join(shlex.quote(p) for p in SCAN_REGS),
-        mrs=" ".join(shlex.quote(p) for p in all_scan_files("svs")),
+        stats_dir="results/stats",
+        voxel_xfm=" ".join(shlex.quote(x) for x, _ in PLACED),
+        mrs=" ".join(shlex.quote(m) for _, m in PLACED),
         spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),
         fits=" ".join(shlex.quote(p) for p in all_scan_files("fit_json")),
         models=as_json(config["stats"]),
         fitting=as_json(fit_params()),
+        panels=as_json(FIGURES.get("fig1") or {}),
     shell:
         "python -m mrsflow figure1 --metabolites {input.metabolites:q}"
         " --stats-dir {params.stats_dir:q} --basis-dir {input.basis:q}"
         " --voxel-xfm {params.voxel_xfm} --voxel-mrs {params.mrs}"
         " --spectra {params.spectra} --fits {params.fits}"
-        " --models {params.models:q} --fitting {params.fitting:q}"
+        " --models {params.models:q} --fitting {params.fitting:q} --panels {params.panels:q}"
         " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
 
 
 rule figure2:
     input:
         craving="results/tables/craving.tsv",
-        stats=expand(
-            "results/stats/{model}.tsv",
-            model=["craving_group_film_time_lmm", "craving_drug_film_time_cud_lmm"],
-        ),
+        stats=figure_stats("fig2"),
     output:
         pdf="results/figures/fig2.pdf",
         png=report(
@@ -79,20 +90,19 @@ rule figure2:
         runtime=5,
     params:
         code=CODE["figures"],
-        stats_dir=lambda w, input: Path(input.stats[0]).parent,
+        stats_dir="results/stats",
         models=as_json(config["stats"]),
+        panels=as_json(FIGURES.get("fig2") or {}),
     shell:
         "python -m mrsflow figure2 --craving {input.craving:q} --stats-dir {params.stats_dir:q}"
-        " --models {params.models:q} --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
+        " --models {params.models:q} --panels {params.panels:q}"
+        " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
 
 
 rule figure3:
     input:
         metabolites="results/tables/metabolites.tsv",
-        stats=expand(
-            "results/stats/{model}.tsv",
-            model=["glu_group_film_lmm", "glu_drug_film_cud_lmm"],
-        ),
+        stats=figure_stats("fig3"),
     output:
         pdf="results/figures/fig3.pdf",
         png=report(
@@ -113,9 +123,10 @@ rule figure3:
         runtime=5,
     params:
         code=CODE["figures"],
-        stats_dir=lambda w, input: Path(input.stats[0]).parent,
+        stats_dir="results/stats",
         models=as_json(config["stats"]),
+        panels=as_json(FIGURES.get("fig3") or {}),
     shell:
         "python -m mrsflow figure3 --metabolites {input.metabolites:q}"
         " --stats-dir {params.stats_dir:q} --models {params.models:q}"
-        " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
+        " --panels {params.panels:q} --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
