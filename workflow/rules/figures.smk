@@ -12,18 +12,22 @@ PLACED = [
 # run, or was skipped, says so on the figure.
 FIGURES = config.get("figures") or {}
 STATS_MODELS = [m["name"] for m in config["stats"]["models"]]
-
-
-def figure_stats(fig):
-    """The stats tables the panels of figure `fig` draw."""
-    names = [(p or {}).get("model") for p in (FIGURES.get(fig) or {}).values()]
-    return [f"results/stats/{n}.tsv" for n in dict.fromkeys(names) if n in STATS_MODELS]
+FIGURE_STATS = {
+    fig: [
+        f"results/stats/{name}.tsv"
+        for name in dict.fromkeys(
+            (panel or {}).get("model") for panel in (FIGURES.get(fig) or {}).values()
+        )
+        if name in STATS_MODELS
+    ]
+    for fig in ("fig1", "fig2", "fig3")
+}
 
 
 rule figure1:
     input:
         metabolites="results/tables/metabolites.tsv",
-        stats=figure_stats("fig1"),
+        stats=FIGURE_STATS["fig1"],
         segmented=participant_dirs("segment"),
         converted=participant_dirs("convert"),
         preprocessed=participant_dirs("preprocess"),
@@ -49,7 +53,7 @@ rule figure1:
         runtime=10,
     params:
         code=CODE["figures"],
-        stats_dir="results/stats",
+        stats_dir=lambda w, input: Path(input.stats[0]).parent if input.stats else ".",
         voxel_xfm=" ".join(shlex.quote(x) for x, _ in PLACED),
         mrs=" ".join(shlex.quote(m) for _, m in PLACED),
         spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),
@@ -69,7 +73,7 @@ rule figure1:
 rule figure2:
     input:
         craving="results/tables/craving.tsv",
-        stats=figure_stats("fig2"),
+        stats=FIGURE_STATS["fig2"],
     output:
         pdf="results/figures/fig2.pdf",
         png=report(
@@ -90,7 +94,7 @@ rule figure2:
         runtime=5,
     params:
         code=CODE["figures"],
-        stats_dir="results/stats",
+        stats_dir=lambda w, input: Path(input.stats[0]).parent if input.stats else ".",
         models=as_json(config["stats"]),
         panels=as_json(FIGURES.get("fig2") or {}),
     shell:
@@ -102,7 +106,7 @@ rule figure2:
 rule figure3:
     input:
         metabolites="results/tables/metabolites.tsv",
-        stats=figure_stats("fig3"),
+        stats=FIGURE_STATS["fig3"],
     output:
         pdf="results/figures/fig3.pdf",
         png=report(
@@ -123,7 +127,7 @@ rule figure3:
         runtime=5,
     params:
         code=CODE["figures"],
-        stats_dir="results/stats",
+        stats_dir=lambda w, input: Path(input.stats[0]).parent if input.stats else ".",
         models=as_json(config["stats"]),
         panels=as_json(FIGURES.get("fig3") or {}),
     shell:
