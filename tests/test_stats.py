@@ -901,6 +901,8 @@ def test_cli_reports_skipped_models_and_the_error_switch(pilot, tmp_path, capsys
         (lambda m: m.assign(qc_pass=False), r"filter .* left no rows of table 'metabolites'"),
         # no variance
         (lambda m: m.assign(conc_molal=10.0), r"'conc_molal' does not vary within either group"),
+        # no scan at all (an empty table is not a typo in the filter)
+        (lambda m: m.iloc[:0], r"table 'metabolites' is empty"),
     ],
 )
 def test_data_insufficiency_is_inestimable(study, change, reason):

@@ -672,9 +672,9 @@ def _apply_filter(
 ) -> pd.DataFrame:
     """Rows of ``df`` the filter keeps. None kept: a spec error if the filter tests a column
     for a value it never takes that is not a declared level (a typo), else not estimable."""
+    if df.empty:
+        raise _skip(model, f"table '{table}' is empty")
     if not expr:
-        if df.empty:
-            raise _skip(model, f"table '{table}' is empty")
         return df
     names = _query_names(expr)
     if names is not None:
