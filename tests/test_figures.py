@@ -2,23 +2,31 @@
 
 Checks that every figure writes a PDF and a 300 dpi PNG, that the numbers drawn (returned by
 the figure functions) are those of the tables (pandas recomputation), that only QC-passing
-scans are drawn, that the mean spectrum is phased/referenced the project's way, and that a
-rerun gives byte-identical files.
+scans are drawn, that the mean spectrum is phased/referenced the project's way, that a
+rerun gives byte-identical files, and that a panel whose model is skipped, renamed, not run
+or without data (or without voxels) says so on the figure, which is still written.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import re
+import shutil
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from conftest import ROOT, snakemake
 from scipy import stats as sps
 
+from mrsflow import cli, nmrs
 from mrsflow import figures as FG
-from mrsflow import nmrs
+from mrsflow import stats as ST
 from mrsflow.basis import Sequence, write_fsl_basis
 
 F0 = 127.8
@@ -108,6 +116,7 @@ def build_study(root: Path) -> dict:
     sd = root / "stats"
     sd.mkdir(exist_ok=True)
     welch = _model_table("baseline_glu_welch", [("test", "CUD - HC", -0.6)])
+    welch = welch.assign(kind="welch_t", effect_size_type="hedges_g")
     welch.to_csv(sd / "baseline_glu_welch.tsv", sep="\t", index=False)
     specs = {
         "glu_group_film_lmm": ["film_in_CUD", "film_in_HC", "group_x_film", "group_at_neutral"],
@@ -299,3 +308,204 @@ def test_helpers():
     assert FG.fmt_p(0.0004) == "p < 0.001"
     assert FG.fmt_p(0.0123) == "p = 0.012"
     assert FG.fmt_p(0.234) == "p = 0.23"
+
+
+# ---------------------------------------------------------------------------------------
+# panels whose model is skipped, renamed or not run, without data or without voxels
+
+CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+SKIP_WELCH = "group=CUD has 1 observation(s); need at least 2"
+SKIP_LMM = "4 observations for 4 fixed-effect coefficients; need more observations than " \
+    "coefficients"
+
+
+def _pdf_unescape(m: re.Match) -> bytes:
+    c = m.group(1)
+    return bytes([int(c, 8)]) if c[:1].isdigit() else c
+
+
+def pdf_text(path: Path) -> str:
+    """The text drawn in a PDF written by matplotlib: the UTF-16 strings of the TJ operators,
+    one line per text object (BT ... ET), lines joined by spaces. Ligatures (fi, ff, ffi, fl)
+    are glyphs of another font without a character: they read as one control character, see
+    :func:`drawn`."""
+    lines = []
+    data = path.read_bytes()
+    for m in re.finditer(rb"stream\r?\n", data):
+        try:  # a zlib stream ends by itself (binary data may contain b"endstream")
+            content = zlib.decompressobj().decompress(data[m.end():])
+        except zlib.error:
+            continue
+        for block in re.findall(rb"\nBT\n(.*?)\nET\n", content, re.S):
+            raw = b"".join(b"".join(re.findall(rb"\(((?:\\.|[^\\)])*)\)", tj))
+                           for tj in re.findall(rb"\[(.*?)\]\s*TJ", block, re.S))
+            raw = re.sub(rb"\\([0-7]{1,3}|.)", _pdf_unescape, raw, flags=re.S)
+            lines.append(raw.decode("utf-16-be", errors="replace"))
+    return re.sub(r"[\x00-\x1f]", "\x00", " ".join(lines))
+
+
+def drawn(expected: str, text: str) -> bool:
+    """Whether ``expected`` is drawn in ``text`` (:func:`pdf_text`; ligatures as one
+    placeholder character)."""
+    for lig in ("ffi", "ffl", "ff", "fi", "fl"):
+        expected = expected.replace(lig, "\x00")
+    return expected in text
+
+
+def _stats_dir(study, dest: Path, skipped: dict[str, str]) -> Path:
+    """The study's model tables, with those of ``skipped`` written by mrsflow.stats as
+    skipped (reason)."""
+    shutil.copytree(study["stats"], dest)
+    specs = {m["name"]: m for m in CONFIG["stats"]["models"]}
+    ST.write_tables({n: ST.skipped_table(specs[n], r) for n, r in skipped.items()}, dest)
+    return dest
+
+
+def test_config_figures_block_is_the_default():
+    assert CONFIG["figures"] == FG.DEFAULT_PANELS
+
+
+def test_skipped_models_are_named_on_the_figures_and_data_still_drawn(study, tmp_path):
+    sd = _stats_dir(study, tmp_path / "stats", {
+        "baseline_glu_welch": SKIP_WELCH, "glu_group_film_lmm": SKIP_LMM,
+        "craving_drug_film_time_cud_lmm": "1 level(s) of 'participant_id'"})
+    models, panels = CONFIG["stats"], CONFIG["figures"]
+    met, crav = study["met"], study["crav"]
+
+    r1 = FG.figure1(study["root"] / "tables" / "metabolites.tsv", sd, study["voxels"],
+                    study["spectra"], study["fits"], study["basis"], tmp_path / "fig1.pdf",
+                    tmp_path / "fig1.png", models=models, fitting={"ppm_range": [0.2, 4.2]},
+                    panels=panels["fig1"])
+    _check_files(tmp_path / "fig1.pdf", tmp_path / "fig1.png", 1500)
+    assert r1["status"] == {"c": f"baseline_glu_welch: skipped ({SKIP_WELCH})"}
+    assert r1["welch"] is None and r1["spectra"]["n"] == N_HC + N_CUD
+    base = met.query("metabolite == 'Glu' and film == 'neutral' and qc_pass and drug != 'nac'")
+    _compare(r1["glu"], _expected(base, ["group"], "conc_molal"), ["group"])
+    text = pdf_text(tmp_path / "fig1.pdf")
+    assert drawn(f"baseline_glu_welch: skipped ({SKIP_WELCH})", text)
+    assert "Welch" not in text
+
+    r3 = FG.figure3(study["root"] / "tables" / "metabolites.tsv", sd, tmp_path / "fig3.pdf",
+                    tmp_path / "fig3.png", models=models, panels=panels["fig3"])
+    _check_files(tmp_path / "fig3.pdf", tmp_path / "fig3.png", 900)
+    assert r3["status"] == {"group": f"glu_group_film_lmm: skipped ({SKIP_LMM})"}
+    a = r3["summary"].query("panel == 'a'")
+    _compare(a, _expected(met.query("metabolite == 'Glu' and qc_pass and drug != 'nac'"),
+                          ["group", "film"], "conc_molal"), ["group", "film"])
+    text = pdf_text(tmp_path / "fig3.pdf")
+    assert drawn(f"glu_group_film_lmm: skipped ({SKIP_LMM})", text)
+    assert text.count("not available (see below)") == 2
+    # panel b's model was estimated: its contrasts are printed (0.10 = nac_vs_placebo)
+    assert drawn("NAC \u2212 placebo: 0.10 mmol/kg", text)
+
+    r2 = FG.figure2(study["root"] / "tables" / "craving.tsv", sd, tmp_path / "fig2.pdf",
+                    tmp_path / "fig2.png", models=models, panels=panels["fig2"])
+    _check_files(tmp_path / "fig2.pdf", tmp_path / "fig2.png", 900)
+    assert r2["status"] == {
+        "drug": "craving_drug_film_time_cud_lmm: skipped (1 level(s) of 'participant_id')"}
+    b = r2["summary"].query("panel == 'b'")
+    _compare(b, _expected(crav.query("group == 'CUD'"), ["drug", "film", "time"], "vas"),
+             ["drug", "film", "time"])
+    assert drawn("craving_drug_film_time_cud_lmm: skipped", pdf_text(tmp_path / "fig2.pdf"))
+
+
+def test_renamed_missing_and_unconfigured_models(study, tmp_path):
+    """A config whose stats models are not the paper's: a renamed model drawn under its new
+    name, a model not run and a panel without a model said so, a contrast that does not
+    exist named."""
+    sd = tmp_path / "stats"
+    shutil.copytree(study["stats"], sd)
+    old = pd.read_csv(sd / "craving_group_film_time_lmm.tsv", sep="\t")
+    old.assign(model="craving_v2").to_csv(sd / "craving_v2.tsv", sep="\t", index=False)
+    (sd / "craving_group_film_time_lmm.tsv").unlink()
+    models = copy.deepcopy(CONFIG["stats"])
+    for m in models["models"]:
+        if m["name"] == "craving_group_film_time_lmm":
+            m["name"] = "craving_v2"
+    models["models"] = [m for m in models["models"]
+                        if m["name"] != "craving_drug_film_time_cud_lmm"]
+    panels = copy.deepcopy(CONFIG["figures"])
+    panels["fig2"]["group"]["model"] = "craving_v2"
+
+    r2 = FG.figure2(study["root"] / "tables" / "craving.tsv", sd, tmp_path / "fig2.pdf",
+                    tmp_path / "fig2.png", models=models, panels=panels["fig2"])
+    _check_files(tmp_path / "fig2.pdf", tmp_path / "fig2.png", 900)
+    missing = ("craving_drug_film_time_cud_lmm: not among the models of the config's stats "
+               "block")
+    assert r2["status"] == {"drug": missing}
+    s = r2["summary"]
+    _compare(s[s["panel"] == "a"], _expected(study["crav"].query("drug != 'nac'"),
+                                             ["group", "film", "time"], "vas"),
+             ["group", "film", "time"])
+    assert (s.loc[s["panel"] == "b", "n"] == 0).all()  # its rows are unknown: no data
+    text = pdf_text(tmp_path / "fig2.pdf")
+    assert drawn(missing, text) and drawn("no data", text)
+    assert drawn("0.10 VAS", text)  # cue_craving_CUD of the renamed model
+
+    panels["fig3"]["group"]["contrasts"]["HC"] = "film_in_hc"
+    del panels["fig3"]["drug"]
+    r3 = FG.figure3(study["root"] / "tables" / "metabolites.tsv", sd, tmp_path / "fig3.pdf",
+                    tmp_path / "fig3.png", models=models, panels=panels["fig3"])
+    assert r3["status"] == {"drug": "no model configured (figures.fig3.drug)"}
+    text = pdf_text(tmp_path / "fig3.pdf")
+    assert drawn("glu_group_film_lmm: no contrast row 'film_in_hc' in its table", text)
+    assert drawn("no model configured (figures.fig3.drug)", text)
+
+
+def test_figure1_voxels_of_some_scans_or_none(study, tmp_path):
+    # voxels of the HC scans only (the CUD scans had no T1)
+    hc = [v for v in study["voxels"] if "sub-hc" in v[1]]
+    r = FG.figure1(study["root"] / "tables" / "metabolites.tsv", study["stats"], hc,
+                   study["spectra"], study["fits"], study["basis"], tmp_path / "a.pdf",
+                   tmp_path / "a.png", fitting={"ppm_range": [0.2, 4.2]})
+    assert r["overlap"]["n_participants"] == N_HC and r["status"] == {}
+    assert np.linalg.norm(r["overlap"]["com_mni"] - ACCUMBENS) < 1.0
+
+    # none: through the CLI, zero --voxel-xfm/--voxel-mrs pairs
+    args = ["figure1", "--metabolites", str(study["root"] / "tables" / "metabolites.tsv"),
+            "--stats-dir", str(study["stats"]), "--basis-dir", str(study["basis"]),
+            "--pdf", str(tmp_path / "b.pdf"), "--png", str(tmp_path / "b.png"),
+            "--voxel-xfm", "--voxel-mrs", "--spectra", *study["spectra"],
+            "--fits", *study["fits"], "--fitting", json.dumps({"ppm_range": [0.2, 4.2]}),
+            "--models", json.dumps(CONFIG["stats"]), "--panels",
+            json.dumps(CONFIG["figures"]["fig1"])]
+    assert cli.main(args) == 0
+    _check_files(tmp_path / "b.pdf", tmp_path / "b.png", 1500)
+    text = pdf_text(tmp_path / "b.pdf")
+    assert drawn("no T1: no voxel placement", text)
+    assert drawn("Welch t(12.3) = \u22121.20", text)  # the other panels as usual
+    bad = [*args[:args.index("--voxel-mrs")], study["voxels"][0][0], "--voxel-mrs",
+           *args[args.index("--voxel-mrs") + 1:]]
+    assert cli.main(bad) == 2  # an xfm without its scan
+
+
+def test_figure1_without_a_configured_model(study, tmp_path):
+    r = FG.figure1(study["root"] / "tables" / "metabolites.tsv", study["stats"],
+                   study["voxels"][:2], study["spectra"], study["fits"], study["basis"],
+                   tmp_path / "c.pdf", tmp_path / "c.png", models=CONFIG["stats"], panels={})
+    why = "no model configured (figures.fig1.baseline)"
+    assert r["status"] == {"b": f"no baseline scans: {why}", "c": why}
+    assert r["spectra"]["n"] == 0 and (r["glu"]["n"] == 0).all()
+    text = pdf_text(tmp_path / "c.pdf")
+    assert drawn(f"no baseline scans: {why}", text)
+    _check_files(tmp_path / "c.pdf", tmp_path / "c.png", 1500)
+
+
+def test_figure_rules_take_their_models_from_the_config(tmp_path):
+    """A config without the paper's model names builds the DAG (figure inputs come from the
+    figures block; panels of models not run are drawn as such)."""
+    override = {
+        "stats": {"models": [{**next(m for m in CONFIG["stats"]["models"]
+                                     if m["name"] == "baseline_glu_welch"),
+                              "name": "glu_welch_v2"}]},
+        "figures": {"fig1": {"baseline": {"model": "glu_welch_v2"}}},
+    }
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    proc = snakemake("results/figures/fig1.pdf", "results/figures/fig2.pdf",
+                     "results/figures/fig3.pdf", "-n", "-p", "--forceall", "-d", str(tmp_path),
+                     "-s", str(ROOT / "Snakefile"), "--configfile",
+                     str(ROOT / "config" / "config.yaml"), str(tmp_path / "override.yaml"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "results/stats/glu_welch_v2.tsv" in out
+    assert "craving_group_film_time_lmm.tsv" not in out.replace('"model":"craving_group', "")

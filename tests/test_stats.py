@@ -778,3 +778,201 @@ def test_other_spec_errors(study):
     with pytest.raises(ValueError, match=r"duplicate model name"):
         stats.run_all([ANCOVA, ANCOVA], met, crav, part)
     assert issubclass(stats.ModelSpecError, ValueError)
+
+
+# --------------------------------------------------------------------------------------------
+# models the data cannot estimate: skipped with the reason, or an error (on_inestimable)
+# --------------------------------------------------------------------------------------------
+
+WELCH = {"name": "w", "kind": "welch_t", "table": "metabolites",
+         "filter": "metabolite == 'Glu' and film == 'neutral' and qc_pass and drug != 'nac'",
+         "outcome": "conc_molal", "by": "group"}
+
+
+@pytest.fixture(scope="module")
+def pilot():
+    """One participant per group: no model of the study can be estimated."""
+    return make_study(seed=3, n_cud=1, n_hc=1)
+
+
+def test_pilot_study_skips_every_model_with_its_reason(pilot, tmp_path):
+    cfg = stats.load_stats_config(CONFIG)
+    assert cfg["on_inestimable"] == "skip"
+    res = stats.run_all(cfg["models"], *pilot, levels=cfg["levels"])
+    assert list(res) == [m["name"] for m in cfg["models"]]
+    reasons = {}
+    for name, df in res.items():
+        assert list(df.columns) == stats.COLUMNS
+        assert len(df) == 1 and df["section"].iloc[0] == "skipped", df
+        assert df["model"].iloc[0] == name and np.isnan(df["estimate"].iloc[0])
+        reasons[name] = stats.skip_reason(df)
+    assert reasons["baseline_glu_welch"] == "group=CUD has 1 observation(s); need at least 2"
+    assert reasons["glu_group_film_lmm"] == ("4 observations for 4 fixed-effect coefficients; "
+                                             "need more observations than coefficients")
+    assert reasons["craving_group_film_time_lmm"].startswith("8 observations for 8 fixed")
+    assert reasons["glu_drug_film_cud_lmm"] == ("1 level(s) of 'participant_id'; need at least "
+                                                "2 for a random intercept")
+    assert reasons["glu_change_vs_cue_craving"].startswith("1 complete pairs; need at least 4")
+    assert res["baseline_glu_vs_cocaine_use"]["kind"].iloc[0] == "correlation"
+    assert res["baseline_glu_welch"]["outcome"].iloc[0] == "conc_molal"
+
+    # the tables, all_models.tsv and summary.md say so
+    out = tmp_path / "stats"
+    stats.write_tables(res, out)
+    back = pd.read_csv(out / "baseline_glu_welch.tsv", sep="\t")
+    assert list(back.columns) == stats.COLUMNS
+    assert back["section"].tolist() == ["skipped"]
+    assert back["note"].iloc[0] == reasons["baseline_glu_welch"]
+    all_models = pd.read_csv(out / "all_models.tsv", sep="\t")
+    assert all_models["model"].tolist() == list(res)
+    assert set(all_models["section"]) == {"skipped"}
+    text = stats.write_summary_md(res, out / "summary.md",
+                                  context={"models": cfg["models"]}).read_text()
+    assert f"skipped: {len(res)} of {len(res)} models" in text
+    assert ("## Baseline Glu (`baseline_glu_welch`)\n\nSkipped: not estimable with these data "
+            "(group=CUD has 1 observation(s); need at least 2).") in text
+
+
+def test_estimable_models_are_unchanged_beside_skipped_ones():
+    """Three per group: the correlations (3 pairs) are skipped, the other models give the
+    numbers they give when run alone."""
+    met, crav, part = make_study(seed=4, n_cud=3, n_hc=3)
+    cfg = stats.load_stats_config(CONFIG)
+    res = stats.run_all(cfg["models"], met, crav, part, levels=cfg["levels"])
+    skipped = {n for n, df in res.items() if stats.skip_reason(df) is not None}
+    assert {"glu_change_vs_cue_craving", "baseline_glu_vs_cocaine_use"} <= skipped
+    for m in cfg["models"]:
+        if m["name"] in skipped:
+            with pytest.raises(stats.InestimableError, match=re.escape(
+                    stats.skip_reason(res[m["name"]]))):
+                stats.run_model(m, met, crav, part, levels=cfg["levels"])
+        else:
+            alone = stats.run_model(m, met, crav, part, levels=cfg["levels"])
+            pd.testing.assert_frame_equal(res[m["name"]], alone)
+    assert "glu_group_film_lmm" not in skipped
+    assert row(res["glu_group_film_lmm"], "film_in_CUD")["n_participants"] == 6
+
+
+def test_on_inestimable_error_stops_with_the_reason(pilot, tmp_path):
+    cfg = stats.load_stats_config(CONFIG)
+    with pytest.raises(stats.InestimableError,
+                       match=r"^model 'baseline_glu_welch': group=CUD has 1 observation\(s\); "
+                             r"need at least 2 \(stats.on_inestimable: error"):
+        stats.run_all(cfg["models"], *pilot, levels=cfg["levels"], on_inestimable="error")
+    with pytest.raises(stats.InestimableError, match="baseline_glu_welch"):
+        stats.run_stats({**cfg, "on_inestimable": "error"}, *pilot, tmp_path, tmp_path / "s.md")
+    assert not (tmp_path / "all_models.tsv").exists()
+    with pytest.raises(stats.ModelSpecError, match="on_inestimable must be one of"):
+        stats.run_all(cfg["models"], *pilot, on_inestimable="warn")
+
+
+def test_cli_reports_skipped_models_and_the_error_switch(pilot, tmp_path, capsys):
+    from mrsflow import cli
+
+    for name, df in zip(("metabolites", "craving", "participants"), pilot, strict=True):
+        df.to_csv(tmp_path / f"{name}.tsv", sep="\t", index=False)
+    cfg = stats.load_stats_config(CONFIG)
+    cfg["models"] = [m for m in cfg["models"] if m["name"] == "baseline_glu_welch"]
+    args = ["stats", "--metabolites", str(tmp_path / "metabolites.tsv"),
+            "--craving", str(tmp_path / "craving.tsv"),
+            "--participants", str(tmp_path / "participants.tsv"),
+            "--out-dir", str(tmp_path / "out"), "--summary", str(tmp_path / "out" / "s.md")]
+    import json
+
+    assert cli.main([*args, "--stats", json.dumps(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert err == ("mrsflow stats: model 'baseline_glu_welch' skipped: group=CUD has 1 "
+                   "observation(s); need at least 2\n")
+    assert cli.main([*args, "--stats", json.dumps({**cfg, "on_inestimable": "error"})]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mrsflow stats: error: model 'baseline_glu_welch': group=CUD has 1 ")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        # too few observations in a group
+        (lambda m: m[~((m.group == "CUD") & (m.participant_id != "sub-001"))],
+         r"group=CUD has 1 observation\(s\)"),
+        # one group only: a declared level absent from the data
+        (lambda m: m[m.group == "HC"], r"'group' has only the level\(s\) \['HC'\]"),
+        # no QC-passing scan
+        (lambda m: m.assign(qc_pass=False), r"filter .* left no rows of table 'metabolites'"),
+        # no variance
+        (lambda m: m.assign(conc_molal=10.0), r"'conc_molal' does not vary within either group"),
+        # no scan at all (an empty table is not a typo in the filter)
+        (lambda m: m.iloc[:0], r"table 'metabolites' is empty"),
+    ],
+)
+def test_data_insufficiency_is_inestimable(study, change, reason):
+    met, crav, part = study
+    with pytest.raises(stats.InestimableError, match=reason):
+        stats.run_model(WELCH, change(met), crav, part)
+    res = stats.run_all([WELCH], change(met), crav, part)
+    assert re.search(reason, stats.skip_reason(res["w"]))
+
+
+def test_other_inestimable_cases(study):
+    met, crav, part = study
+    hc = met[met.group == "HC"]
+    # mixed model: only HC -> the group factor has one level
+    with pytest.raises(stats.InestimableError, match=r"factor 'group' has only the level"):
+        stats.run_model(LMM, hc, crav, part)
+    # a within factor with one level
+    with pytest.raises(stats.InestimableError, match=r"within-participant factor 'film'"):
+        stats.run_model({**LMM, "formula": "conc_molal ~ film", "contrasts": []},
+                        hc[hc.film == "neutral"], crav, part)
+    # no participant complete (on_incomplete: drop)
+    one_film = met[(met.group == "CUD") & (met.film == "neutral") | (met.group == "HC")
+                   & (met.film == "cocaine")]
+    with pytest.raises(stats.InestimableError, match="no participant has complete"):
+        stats.run_model({**LMM, "formula": "conc_molal ~ film", "contrasts": [],
+                         "on_incomplete": "drop"}, one_film, crav, part)
+    # a contrast at a declared level the data lack: the NAC arm never ran
+    no_nac = met[met.drug != "nac"]
+    spec = {**CROSSOVER, "filter": "metabolite == 'Glu' and group == 'CUD'"}
+    with pytest.raises(stats.InestimableError):
+        stats.run_model(spec, no_nac, crav, part)
+    # a filter on a declared level no row has: not a typo
+    with pytest.raises(stats.InestimableError, match="left no rows"):
+        stats.run_model({**WELCH, "filter": "drug == 'nac'"}, no_nac, crav, part)
+    # a paired difference whose units all lack a level (on_incomplete: drop)
+    deriv = {"name": "d", "kind": "correlation", "table": "metabolites",
+             "filter": "metabolite == 'Glu' and group == 'CUD' and drug == 'placebo'",
+             "derive": [{"name": "glu_change", "value": "conc_molal", "over": "film",
+                         "levels": ["cocaine", "neutral"], "keys": ["participant_id", "session"],
+                         "on_incomplete": "drop"}],
+             "x": "cocaine_g_per_week", "y": "glu_change"}
+    with pytest.raises(stats.InestimableError, match="no unit has both film=cocaine"):
+        stats.run_model(deriv, met[met.film == "neutral"], crav, part)
+    # three complete pairs only
+    few = met[met.participant_id.isin(["sub-001", "sub-002", "sub-003"])]
+    with pytest.raises(stats.InestimableError, match="3 complete pairs; need at least 4"):
+        stats.run_model(deriv, few, crav, part)
+
+
+def test_spec_errors_still_stop_a_run_that_skips(study):
+    """Errors a user must fix are not 'skipped': run_all raises them with on_inestimable skip."""
+    met, crav, part = study
+    cases = [
+        ({**WELCH, "filter": "metabolite == 'Gluu' and qc_pass"},
+         r"left no rows.*metabolite is never 'Gluu' in the table \(a typo\?"),
+        ({**WELCH, "filter": "metabolite == 'Glu' and drug in ['nca']"},
+         r"drug is never 'nca'"),
+        ({**WELCH, "outcome": "conc_molla"}, r"\['conc_molla'\] not in table"),
+        ({**ANCOVA, "formula": "conc_molal ~ group +"}, r"cannot parse formula"),
+        ({**LMM, "contrasts": [{"name": "x", "diff": {"film": ["cocaine", "neutrl"]}}]},
+         r"contrast 'x': film='neutrl' is not a level"),
+        ({**WELCH, "filter": "metabolite == 'Glu' and film == 'neutral'"}, r"more than one row"),
+        ({"name": "d", "kind": "correlation", "table": "metabolites",
+          "filter": "metabolite == 'Glu' and drug == 'placebo'",
+          "derive": [{"name": "glu_change", "value": "conc_molal", "over": "film",
+                      "levels": ["cocain", "neutral"], "keys": ["participant_id", "session"]}],
+          "x": "cocaine_g_per_week", "y": "glu_change"},
+         r"film is never 'cocain' in the data and not a declared level"),
+    ]
+    for spec, msg in cases:
+        with pytest.raises(stats.ModelSpecError, match=msg) as info:
+            stats.run_all([spec], met, crav, part)
+        assert not isinstance(info.value, stats.InestimableError), (spec, info.value)

@@ -333,3 +333,118 @@ def test_run_recovery_end_to_end(tmp_path):
     back = verify.read_tsv(outputs["effects"])
     assert set(back.columns) >= {"estimate", "ci_low", "ci_high", "truth_estimate",
                                  "truth_inside_ci"}
+
+
+# --- not applicable: models absent, skipped or without the row ----------------------------------
+
+SKIP_REASON = "group=CUD has 1 observation(s); need at least 2"
+
+
+def _pilot_models() -> pd.DataFrame:
+    """The stats tables of a run where 'welch' was skipped, 'nac' is not among the config's
+    models and 'lmm' has no film_in_HC row."""
+    df = _all_models()
+    df = df[(df.model == "lmm") & (df.term == "film_in_CUD")]
+    skipped = {"model": "welch", "section": "skipped", "term": "", "estimate": np.nan,
+               "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "note": SKIP_REASON}
+    return pd.concat([pd.DataFrame([skipped]), df], ignore_index=True)
+
+
+def test_paper_checks_not_applicable_with_the_reason():
+    met = pd.DataFrame([{**_scan(i), "metabolite": "Glu", "qc_pass": True, "snr": 35.0}
+                        for i in range(3)])  # no linewidth column
+    vcfg = {"findings": FINDINGS, "quality": QUALITY, "twin": TARGETS, "alpha": 0.05}
+    df = verify.build_verification("sheets", vcfg, _pilot_models(), met)
+    v = _verdicts(df)
+    assert v == {"base: direction": "n/a", "base: p": "n/a", "film: direction": "pass",
+                 "film: p": "pass", "hc: direction": "n/a", "nac: p": "n/a",
+                 "mean SNR (QC-passed scans, n = 3)": "pass",
+                 "mean linewidth (QC-passed scans)": "n/a"}
+    val = df.set_index("check")["value"]
+    assert val["base: p"] == f"not applicable: welch skipped ({SKIP_REASON})"
+    assert val["hc: direction"] == ("not applicable: no contrast row 'film_in_HC' in "
+                                    "results/stats/lmm.tsv")
+    assert val["nac: p"] == ("not applicable: nac is not among the models of the config's "
+                             "stats block")
+    assert val["mean linewidth (QC-passed scans)"] == (
+        "not applicable: no column 'linewidth_naa_hz' in results/tables/metabolites.tsv")
+    assert df.set_index("check").loc["base: p", "expected"] == "0.008 (reported)"
+
+
+def test_twin_checks_not_applicable_with_the_reason():
+    rec = _recovery()
+    rec["effects"] = pd.concat([rec["effects"], pd.DataFrame({
+        "model": ["welch", "twice"], "section": ["skipped", "contrast"], "term": ["", "z"],
+        "truth_inside_ci": pd.array([pd.NA, pd.NA], "boolean")})], ignore_index=True)
+    models = pd.concat([_pilot_models(), pd.DataFrame([
+        {"model": "twice", "section": "contrast", "term": "z", "estimate": 1.0},
+        {"model": "lmm", "section": "contrast", "term": "x", "estimate": 1.0}])])
+    vcfg = {"findings": FINDINGS, "quality": QUALITY, "twin": TARGETS}
+    df = verify.build_verification("twin", vcfg, models, pd.DataFrame(),
+                                   twin_config=TWIN_EFFECTS, recovery=rec)
+    v = _verdicts(df)
+    assert v["base: direction"] == "n/a" and v["hc: direction"] == "n/a"
+    assert v["nac: planted 0 inside 95 % CI"] == "n/a"
+    assert v["film: direction"] == "pass"
+    assert v["welch: truth estimate inside the 95 % CI"] == "n/a"
+    assert v["twice: truth estimate inside the 95 % CI"] == "n/a"
+    assert v["lmm: truth estimate inside the 95 % CI"] == "pass"
+    assert v["Glu estimated vs planted: Pearson r (QC-passed scans)"] == "pass"
+    val = df.set_index("check")["value"]
+    assert val["welch: truth estimate inside the 95 % CI"] == (
+        f"not applicable: welch skipped ({SKIP_REASON})")
+    assert val["twice: truth estimate inside the 95 % CI"].startswith(
+        "not applicable: no truth estimate (twice could not be estimated on the planted")
+    assert df.set_index("check").loc["base: direction", "expected"].startswith("< 0")
+
+
+def test_verification_tsv_and_html_count_not_applicable_checks(tmp_path):
+    vcfg_path = tmp_path / "verification.yaml"
+    vcfg_path.write_text(yaml.safe_dump({"findings": FINDINGS, "quality": QUALITY,
+                                         "twin": TARGETS, "alpha": 0.05}))
+    _pilot_models().to_csv(tmp_path / "all_models.tsv", sep="\t", index=False)
+    pd.DataFrame([{**_scan(i), "metabolite": "Glu", "qc_pass": True, "snr": 35.0,
+                   "linewidth_naa_hz": 7.0} for i in range(3)]).to_csv(
+        tmp_path / "met.tsv", sep="\t", index=False)
+    df = verify.run_verification("sheets", vcfg_path, tmp_path / "all_models.tsv",
+                                 tmp_path / "met.tsv", tmp_path / "v.tsv",
+                                 html=tmp_path / "v.html")
+    back = pd.read_csv(tmp_path / "v.tsv", sep="\t", keep_default_na=False)
+    assert back["pass"].tolist() == df["pass"].tolist()
+    assert (back["pass"] == "n/a").sum() == 4
+    assert "4 pass, 0 fail, 4 not applicable" in (tmp_path / "v.html").read_text()
+
+
+def test_run_recovery_of_a_pilot_reports_skipped_models(tmp_path):
+    """One participant per group: the Welch model is skipped in both runs, the recovery
+    tables are written, and the effects table carries the skipped row."""
+    rec = pd.DataFrame(_rec_rows([10.0, 11.0], [10.1, 10.9], "Glu", groups=["CUD", "HC"]))
+    for c, v in (("conc_molar", 8.0), ("snr", 30.0), ("linewidth_naa_hz", 7.0),
+                 ("linewidth_water_hz", 8.0), ("f_gm", 0.5), ("f_wm", 0.4), ("f_csf", 0.1)):
+        rec[c] = v
+    truth_dir = tmp_path / "truth"
+    truth_dir.mkdir()
+    pd.DataFrame(_truth_rows([10.0, 11.0], "Glu", ["CUD", "HC"])).to_csv(
+        truth_dir / "concentrations.tsv", sep="\t", index=False)
+    rec[KEYS].assign(snr=30.0, linewidth_hz=7.0, linewidth_water_hz=8.0).to_csv(
+        truth_dir / "scans.tsv", sep="\t", index=False)
+    rec[["participant_id", "session"]].assign(f_gm=0.5, f_wm=0.4, f_csf=0.1).to_csv(
+        truth_dir / "tissue.tsv", sep="\t", index=False)
+    rec.to_csv(tmp_path / "met.tsv", sep="\t", index=False)
+    pd.DataFrame(columns=["participant_id", "group", "session", "drug", "period", "film",
+                          "time", "vas"]).to_csv(tmp_path / "crav.tsv", sep="\t", index=False)
+    rec[["participant_id", "group"]].to_csv(tmp_path / "part.tsv", sep="\t", index=False)
+    stats_cfg = {"models": [{"name": "welch", "kind": "welch_t", "table": "metabolites",
+                             "filter": "metabolite == 'Glu' and qc_pass",
+                             "outcome": "conc_molal", "by": "group"}]}
+    outputs = {k: tmp_path / "rec" / f"{k}.tsv" for k in
+               ("concentrations", "summary", "tissue", "quality", "effects")}
+    outputs["png"] = tmp_path / "rec" / "recovery.png"
+    out = verify.run_recovery(tmp_path / "met.tsv", tmp_path / "crav.tsv",
+                              tmp_path / "part.tsv", truth_dir, stats_cfg, TARGETS, outputs)
+    assert out["effects"]["section"].tolist() == ["skipped"]
+    assert all(p.is_file() for p in outputs.values())
+    with pytest.raises(InputError, match="group=CUD has 1 observation"):
+        verify.run_recovery(tmp_path / "met.tsv", tmp_path / "crav.tsv", tmp_path / "part.tsv",
+                            truth_dir, {**stats_cfg, "on_inestimable": "error"}, TARGETS,
+                            outputs)

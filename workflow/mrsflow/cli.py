@@ -141,7 +141,11 @@ def _stats(a: argparse.Namespace) -> None:
     from mrsflow import stats
 
     met, crav, part = stats.read_tables(a.metabolites, a.craving, a.participants)
-    stats.run_stats(a.stats, met, crav, part, Path(a.out_dir), Path(a.summary))
+    results = stats.run_stats(a.stats, met, crav, part, Path(a.out_dir), Path(a.summary))
+    for name, table in results.items():  # into the rule's log
+        reason = stats.skip_reason(table)
+        if reason is not None:
+            print(f"mrsflow stats: model '{name}' skipped: {reason}", file=sys.stderr)
 
 
 def _verify_recovery(a: argparse.Namespace) -> None:
@@ -199,7 +203,7 @@ def _figure1(a: argparse.Namespace) -> None:
     figures.figure1(
         Path(a.metabolites), Path(a.stats_dir), list(zip(a.voxel_xfm, a.voxel_mrs, strict=True)),
         a.spectra, a.fits, Path(a.basis_dir), Path(a.pdf), Path(a.png), models=a.models,
-        fitting=a.fitting,
+        fitting=a.fitting, panels=a.panels,
     )
 
 
@@ -207,14 +211,14 @@ def _figure2(a: argparse.Namespace) -> None:
     from mrsflow import figures
 
     figures.figure2(Path(a.craving), Path(a.stats_dir), Path(a.pdf), Path(a.png),
-                    models=a.models)
+                    models=a.models, panels=a.panels)
 
 
 def _figure3(a: argparse.Namespace) -> None:
     from mrsflow import figures
 
     figures.figure3(Path(a.metabolites), Path(a.stats_dir), Path(a.pdf), Path(a.png),
-                    models=a.models)
+                    models=a.models, panels=a.panels)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -386,22 +390,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figure1", help="Fig. 1: voxel overlap, spectra, baseline Glu")
     for name in ("--metabolites", "--stats-dir", "--basis-dir", "--pdf", "--png"):
         p.add_argument(name, required=True)
-    for name in ("--voxel-xfm", "--voxel-mrs", "--spectra", "--fits"):
-        p.add_argument(name, nargs="+", required=True)
+    p.add_argument("--voxel-xfm", nargs="*", default=[],
+                   help="T1 -> MNI registrations, one per scan with a T1 (none: no T1)")
+    p.add_argument("--voxel-mrs", nargs="*", default=[],
+                   help="the NIfTI-MRS of those scans, in the same order")
+    for name in ("--spectra", "--fits"):
+        p.add_argument(name, nargs="*", default=[])
     p.add_argument("--models", type=_json, default=None, help="config 'stats' as JSON")
     p.add_argument("--fitting", type=_json, default={}, help="fit parameters as JSON")
+    p.add_argument("--panels", type=_json, default=None,
+                   help="config 'figures.fig1' as JSON (default: the paper's)")
     p.set_defaults(func=_figure1)
 
     p = sub.add_parser("figure2", help="Fig. 2: craving by film and time, group and drug")
     for name in ("--craving", "--stats-dir", "--pdf", "--png"):
         p.add_argument(name, required=True)
     p.add_argument("--models", type=_json, default=None, help="config 'stats' as JSON")
+    p.add_argument("--panels", type=_json, default=None,
+                   help="config 'figures.fig2' as JSON (default: the paper's)")
     p.set_defaults(func=_figure2)
 
     p = sub.add_parser("figure3", help="Fig. 3: Glu by film, group and drug")
     for name in ("--metabolites", "--stats-dir", "--pdf", "--png"):
         p.add_argument(name, required=True)
     p.add_argument("--models", type=_json, default=None, help="config 'stats' as JSON")
+    p.add_argument("--panels", type=_json, default=None,
+                   help="config 'figures.fig3' as JSON (default: the paper's)")
     p.set_defaults(func=_figure3)
     return ap
 

@@ -11,10 +11,15 @@
 Every function writes a vector PDF and a 300 dpi PNG and returns the numbers it drew
 (``summary``: one row per plotted condition with n, mean, SD and the 95 % CI of the mean,
 t-based: mean +/- t(0.975, n - 1) SD / sqrt(n)), so tests and readers can check the drawing
-against the tables. The rows are selected with the *same* pandas filters as the models they
-illustrate (the ``stats`` block of the config; defaults below mirror config/config.yaml), so
-only QC-passing scans are drawn; the model results are read from ``results/stats/<model>.tsv``
-and never recomputed here.
+against the tables. Which model feeds which panel, and which rows of its table are printed,
+is declared in the config's ``figures`` block (:data:`DEFAULT_PANELS`, the paper's choices).
+The rows are selected with the *same* pandas filters as the models they illustrate (the
+``stats`` block of the config; defaults below mirror config/config.yaml), so only QC-passing
+scans are drawn; the model results are read from ``results/stats/<model>.tsv`` and never
+recomputed here. A panel whose model is not among the config's models, or was skipped by the
+stats step (not estimable with these data), or whose data are empty, still draws what it has
+and says why the rest is missing (``status`` in the returned dict); Fig. 1a draws the voxels
+of the scans with a T1 registration, and says so when there are none.
 
 Style: matplotlib's object API with the Agg renderer (no pyplot state), 180 mm wide, DejaVu
 Sans 7 pt, the Okabe-Ito colour-blind-safe palette (Okabe & Ito 2008, "Color Universal
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -85,8 +91,45 @@ RC = {
 PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 PNG_METADATA = {"Software": None}
 
-#: the models each panel illustrates, and their filters if no stats config is given
-#: (the same strings as config/config.yaml)
+#: the paper's panels: which model of the ``stats`` config, and which rows of its table, each
+#: panel draws (figure -> panel -> spec; config/config.yaml's ``figures`` block holds the same).
+#: fig1.baseline: its filter picks the baseline scans of (b) and the Glu of (c), its ``section``
+#: / ``term`` row is the test printed in (c); fig2/fig3.group and .drug: panels (a) and (b),
+#: ``contrasts`` maps each level (group or drug) to the contrast printed above its data,
+#: ``footer`` lists the contrasts printed below the panel.
+DEFAULT_PANELS: dict[str, dict[str, dict]] = {
+    "fig1": {"baseline": {"model": "baseline_glu_welch", "section": "test", "term": "CUD - HC"}},
+    "fig2": {
+        "group": {
+            "model": "craving_group_film_time_lmm",
+            "contrasts": {"HC": "cue_craving_HC", "CUD": "cue_craving_CUD"},
+            "footer": [{"contrast": "group_x_film_x_time", "label": "CUD \u2212 HC in "
+                        "cue-induced craving (group \u00d7 film \u00d7 time)"}],
+        },
+        "drug": {
+            "model": "craving_drug_film_time_cud_lmm",
+            "contrasts": {"placebo": "cue_craving_placebo", "nac": "cue_craving_nac"},
+            "footer": [{"contrast": "drug_x_film_x_time", "label": "NAC \u2212 placebo in "
+                        "cue-induced craving (drug \u00d7 film \u00d7 time)"}],
+        },
+    },
+    "fig3": {
+        "group": {
+            "model": "glu_group_film_lmm",
+            "contrasts": {"HC": "film_in_HC", "CUD": "film_in_CUD"},
+            "footer": [{"contrast": "group_x_film", "label": "group \u00d7 film"},
+                       {"contrast": "group_at_neutral", "label": "CUD \u2212 HC, neutral film"}],
+        },
+        "drug": {
+            "model": "glu_drug_film_cud_lmm",
+            "contrasts": {"placebo": "film_in_placebo", "nac": "film_in_nac"},
+            "footer": [{"contrast": "nac_vs_placebo", "label": "NAC \u2212 placebo"},
+                       {"contrast": "drug_x_film", "label": "drug \u00d7 film"}],
+        },
+    },
+}
+#: the filters of the paper's models, used when no stats config is given (as in
+#: config/config.yaml)
 DEFAULT_FILTERS = {
     "baseline_glu_welch": "metabolite == 'Glu' and film == 'neutral' and qc_pass "
     "and drug != 'nac'",
@@ -95,6 +138,8 @@ DEFAULT_FILTERS = {
     "craving_group_film_time_lmm": "drug != 'nac'",
     "craving_drug_film_time_cud_lmm": "group == 'CUD'",
 }
+#: the section of the one row of a model the data could not estimate (mrsflow.stats.SKIPPED)
+SKIPPED = "skipped"
 FILMS = ("neutral", "cocaine")
 TIMES = ("pre", "post")
 GROUPS = ("HC", "CUD")
@@ -132,14 +177,6 @@ def read_table(path) -> pd.DataFrame:
     return df
 
 
-def model_filter(models: Mapping | None, name: str) -> str:
-    """The pandas filter of a model of the stats config (or the built-in default)."""
-    for m in (models or {}).get("models", []):
-        if m.get("name") == name:
-            return m.get("filter") or ""
-    return DEFAULT_FILTERS[name]
-
-
 def select(df: pd.DataFrame, expr: str) -> pd.DataFrame:
     return df.query(expr) if expr else df
 
@@ -152,12 +189,72 @@ def read_model(stats_dir, name: str) -> pd.DataFrame:
         raise InputError(f"{path}: missing model table (did the stats rule run?)") from err
 
 
-def model_row(table: pd.DataFrame, section: str, term: str) -> dict:
-    rows = table[(table["section"] == section) & (table["term"] == term)]
-    if rows.empty:
-        model = table["model"].iloc[0] if len(table) else "?"
-        raise InputError(f"model {model}: no {section} row '{term}'")
-    return rows.iloc[0].to_dict()
+class PanelModel:
+    """The model a panel draws (one panel spec of :data:`DEFAULT_PANELS` / config ``figures``):
+    its data filter, its result table and, when its numbers cannot be drawn, why (``status``:
+    no model configured, not among the stats config's models, skipped by the stats step).
+
+    ``models`` is the config's ``stats`` block (None: the paper's filters,
+    :data:`DEFAULT_FILTERS`); the table is read from ``<stats_dir>/<model>.tsv``.
+    """
+
+    def __init__(self, where: str, spec: Mapping | None, models: Mapping | None, stats_dir):
+        self.where = where
+        self.spec: dict = dict(spec or {})
+        self.name: str | None = self.spec.get("model") or None
+        self.filter: str | None = None  # None: the panel's rows are unknown (no data drawn)
+        self.table: pd.DataFrame | None = None
+        self.status: str | None = None
+        if self.name is None:
+            self.status = f"no model configured ({where})"
+            return
+        if models is None:
+            self.filter = DEFAULT_FILTERS.get(self.name, "")
+        else:
+            spec_m = next((m for m in models.get("models", []) if m.get("name") == self.name),
+                          None)
+            if spec_m is None:
+                self.status = f"{self.name}: not among the models of the config's stats block"
+                return
+            self.filter = spec_m.get("filter") or ""
+        self.table = read_model(stats_dir, self.name)
+        skipped = self.table[self.table["section"] == SKIPPED]
+        if len(skipped):
+            reason = str(skipped["note"].iloc[0]) or "not estimable with these data"
+            self.status = f"{self.name}: skipped ({reason})"
+
+    def data(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``df`` the model analyses (none when its filter is unknown)."""
+        return df.iloc[:0] if self.filter is None else select(df, self.filter)
+
+    def row(self, section: str, term: str | None) -> dict | None:
+        """The table's row (section, term; the first of the section if term is None), or
+        None when the model was not run, was skipped or has no such row."""
+        if self.table is None or self.status is not None:
+            return None
+        rows = self.table[self.table["section"] == section]
+        if term is not None:
+            rows = rows[rows["term"].astype(str) == str(term)]
+        return rows.iloc[0].to_dict() if len(rows) else None
+
+    def why(self, section: str, term: str | None) -> str:
+        """Why :meth:`row` gave None."""
+        if self.status is not None:
+            return self.status
+        return f"{self.name}: no {section} row {term!r} in its table" if term else (
+            f"{self.name}: no {section} row in its table")
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False))
+
+
+def _message(ax, text: str, *, axis_off: bool = True, width: int = 60) -> None:
+    """A panel's explanation of what it cannot draw, centred in the axes."""
+    if axis_off:
+        ax.set_axis_off()
+    ax.text(0.5, 0.5, _wrap(text, width), transform=ax.transAxes, ha="center", va="center",
+            fontsize=6.5, color="0.25")
 
 
 def mean_ci(x) -> dict:
@@ -449,90 +546,94 @@ def figure1(
     *,
     models: Mapping | None = None,
     fitting: Mapping | None = None,
+    panels: Mapping | None = None,
 ) -> dict:
     """Figure 1: voxel overlap in MNI space, mean baseline spectrum and a typical fit,
-    baseline Glu by group. Returns the plotted numbers (see the module docstring)."""
+    baseline Glu by group. Returns the plotted numbers (see the module docstring) and, per
+    panel that could not draw everything, why (``status``).
+
+    ``voxels`` may cover some scans or none (a scan without a T1 has no T1 -> MNI
+    registration); ``panels`` is the config's ``figures.fig1`` (default
+    :data:`DEFAULT_PANELS`)."""
     table = read_table(metabolites)
     fitting = dict(fitting or {})
+    panels = DEFAULT_PANELS["fig1"] if panels is None else panels
+    pm = PanelModel("figures.fig1.baseline", panels.get("baseline"), models, stats_dir)
+    status: dict[str, str] = {}
     keys = ["participant_id", "session", "film"]
     passing = set(map(tuple, table.loc[table["qc_pass"], keys].drop_duplicates().to_numpy()))
-    ov = voxel_overlap(voxels, passing)
+    ov = None
+    if not voxels:
+        status["a"] = "no T1: no voxel placement"
+    elif not any(scan_key(mrs) in passing for _, mrs in voxels):
+        status["a"] = (f"no voxel placement: none of the {len(voxels)} scan(s) with a T1 "
+                       "passed QC")
+    else:
+        ov = voxel_overlap(voxels, passing)
 
     # (b) baseline scans: those of the baseline Glu model (neutral film, CUD placebo + HC)
-    base = select(table, model_filter(models, "baseline_glu_welch"))
+    base = pm.data(table)
     base_keys = set(map(tuple, base[keys].to_numpy()))
     fit_by_key = {scan_key(p): p for p in fits}
     spec_by_key = {scan_key(p): p for p in spectra}
     chosen = sorted(k for k in base_keys if k in fit_by_key and k in spec_by_key)
-    if not chosen:
-        raise InputError("no processed spectrum/fit of a baseline scan among the inputs")
     lo, hi = sorted(fitting.get("ppm_range", (0.2, 4.2)))
     grid = np.linspace(lo, hi, 801)
-    fit_json = {k: json.loads(Path(fit_by_key[k]).read_text()) for k in chosen}
-    specs = np.array([_scan_spectrum(spec_by_key[k], fit_json[k], grid) for k in chosen])
-    quality = np.array([float(fit_json[k].get("fit_quality") or np.nan) for k in chosen])
-    order = np.argsort(np.where(np.isfinite(quality), quality, np.inf), kind="stable")
-    typical = chosen[int(order[(np.isfinite(quality).sum() - 1) // 2])]
-    tfit = _typical_fit(spec_by_key[typical], fit_json[typical], basis_dir, fitting)
+    specs, typical, tfit = np.zeros((0, grid.size)), None, None
+    if chosen:
+        fit_json = {k: json.loads(Path(fit_by_key[k]).read_text()) for k in chosen}
+        specs = np.array([_scan_spectrum(spec_by_key[k], fit_json[k], grid) for k in chosen])
+        quality = np.array([float(fit_json[k].get("fit_quality") or np.nan) for k in chosen])
+        order = np.argsort(np.where(np.isfinite(quality), quality, np.inf), kind="stable")
+        typical = chosen[int(order[(np.isfinite(quality).sum() - 1) // 2])]
+        tfit = _typical_fit(spec_by_key[typical], fit_json[typical], basis_dir, fitting)
+    elif pm.filter is None:
+        status["b"] = f"no baseline scans: {pm.status}"
+    else:
+        status["b"] = (f"no processed spectrum and fit of a baseline scan (the scans of "
+                       f"{pm.name}: {len(base_keys)})")
     group_of = base.drop_duplicates("participant_id").set_index("participant_id")["group"]
     n_by_group = {g: sum(group_of.get(k[0]) == g for k in chosen) for g in GROUPS}
 
-    # (c) baseline Glu by group and the Welch test
-    welch = read_model(stats_dir, "baseline_glu_welch")
-    test = welch[welch["section"] == "test"].iloc[0].to_dict()
+    # (c) baseline Glu by group and the test of the configured row
+    section = pm.spec.get("section", "test")
+    test = pm.row(section, pm.spec.get("term"))
+    if test is None:
+        status["c"] = pm.why(section, pm.spec.get("term"))
+    elif base.empty:
+        status["c"] = f"no data: the filter of {pm.name} selects no scan"
     glu_rows = []
 
     with _rc():
         fig = _new_figure(170.0)
         sf_a, sf_bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.3], hspace=0.02)
-        _draw_overlap(sf_a, ov)
-        n_by_g = {g: sum(_group_in(table, p) == g for p in ov["participants"]) for g in GROUPS}
-        sf_a.suptitle(
-            r"$\mathbf{a}$   "
-            f"MRS voxel placement in MNI152 space: {ov['n_participants']} participants "
-            f"(HC {n_by_g['HC']}, CUD {n_by_g['CUD']}), {ov['n_scans']} QC-passing scans; "
-            f"centre of mass ({', '.join(fmt_num(v, 1) for v in ov['com_mni'])}) mm",
-            x=0.0, ha="left", fontsize=7)
+        if ov is not None:
+            _draw_overlap(sf_a, ov)
+            n_by_g = {g: sum(_group_in(table, p) == g for p in ov["participants"])
+                      for g in GROUPS}
+            sf_a.suptitle(
+                r"$\mathbf{a}$   "
+                f"MRS voxel placement in MNI152 space: {ov['n_participants']} participants "
+                f"(HC {n_by_g['HC']}, CUD {n_by_g['CUD']}), {ov['n_scans']} QC-passing scans; "
+                f"centre of mass ({', '.join(fmt_num(v, 1) for v in ov['com_mni'])}) mm",
+                x=0.0, ha="left", fontsize=7)
+        else:
+            _message(sf_a.subplots(), status["a"])
+            sf_a.suptitle(r"$\mathbf{a}$   MRS voxel placement in MNI152 space", x=0.0,
+                          ha="left", fontsize=7)
 
         sf_b, sf_c = sf_bottom.subfigures(1, 2, width_ratios=[1.8, 1.0], wspace=0.02)
-        ax_m, ax_f = sf_b.subplots(2, 1, sharex=True, height_ratios=[1.0, 1.3])
+        if tfit is not None:
+            ax_m, ax_f = sf_b.subplots(2, 1, sharex=True, height_ratios=[1.0, 1.3])
+        else:
+            ax_b = sf_b.subplots()
         _sf_label(sf_b, "b")
         _sf_label(sf_c, "c")
         scale = 1e3
-        mean = specs.mean(0) * scale
-        sd = specs.std(0, ddof=1) * scale if len(specs) > 1 else np.zeros_like(mean)
-        ax_m.fill_between(grid, mean - sd, mean + sd, color="0.72", lw=0, label="\u00b1 SD")
-        ax_m.plot(grid, mean, color="black", lw=0.7, label="mean")
-        ax_m.set_ylabel("signal / water\n(\u00d710\u207b\u00b3)")
-        ax_m.legend(loc="upper left", frameon=False, handlelength=1.2)
-        ax_m.set_title(
-            f"mean of the baseline scans (neutral film; CUD placebo session), n = {len(chosen)} "
-            f"(HC {n_by_group['HC']}, CUD {n_by_group['CUD']})", loc="left", pad=2)
-        top = float(np.max(mean + sd))
-        for name, ppm in PEAKS:
-            j = int(np.argmin(np.abs(grid - ppm)))
-            ax_m.text(ppm, (mean + sd)[j] + 0.04 * top, name, ha="center", va="bottom",
-                      fontsize=6)
-        ax_m.set_ylim(min(0.0, float(np.min(mean - sd))) - 0.05 * top, top * 1.25)
-
-        tp = tfit["ppm"]
-        data, model, bl = (tfit[k] * scale for k in ("data", "fit", "baseline"))
-        resid = data - model
-        ax_f.plot(tp, data, color="0.45", lw=0.7, label="data")
-        ax_f.plot(tp, model, color=OKABE_ITO["vermillion"], lw=0.8, label="fit")
-        ax_f.plot(tp, bl, color=OKABE_ITO["blue"], lw=0.7, ls="--", label="baseline")
-        off = float(np.min(np.minimum(data, bl))) - float(np.max(resid)) - 0.05 * top
-        ax_f.plot(tp, resid + off, color="0.2", lw=0.6, label="residual")
-        ax_f.axhline(off, color="0.7", lw=0.4, zorder=0)
-        ax_f.set_xlim(hi, lo)
-        ax_f.set_xlabel("chemical shift (ppm)")
-        ax_f.set_ylabel("signal / water\n(\u00d710\u207b\u00b3)")
-        ax_f.legend(loc="upper left", frameon=False, ncols=2, handlelength=1.2,
-                    columnspacing=1.0)
-        ymax = float(np.max(np.r_[data, model]))
-        ax_f.set_ylim(off + float(np.min(resid)) - 0.05 * top, ymax * 1.15)
-        ax_f.set_title(f"typical fit: {typical[0]} {typical[1]} {typical[2]} film "
-                       f"(median fit quality, {tfit['fit_quality']:.2f})", loc="left", pad=2)
+        if tfit is not None:
+            _draw_spectra(ax_m, ax_f, specs, grid, tfit, scale, typical, n_by_group, (lo, hi))
+        else:
+            _message(ax_b, status["b"])
 
         ax_c = sf_c.subplots()
         for i, g in enumerate(GROUPS):
@@ -551,28 +652,89 @@ def figure1(
         allv = np.r_[base["conc_molal"].to_numpy(float),
                      [r[k] for r in glu_rows for k in ("ci_low", "ci_high")]]
         _ylim(ax_c, allv, head=0.5)
-        g_es = test.get("effect_size")
-        term = str(test["term"]).replace(" - ", " \u2212 ")
-        ax_c.text(
-            0.5, 0.98,
-            f"{term}: {fmt_num(test['estimate'])} mmol/kg\n"
-            f"95 % CI [{fmt_num(test['ci_low'])}, {fmt_num(test['ci_high'])}]\n"
-            f"Welch t({test['df']:.1f}) = {fmt_num(test['statistic'])}, {fmt_p(test['p'])}\n"
-            f"Hedges' g = {fmt_num(g_es)}",
-            transform=ax_c.transAxes, ha="center", va="top", fontsize=6.3)
+        if test is not None:
+            ax_c.text(0.5, 0.98, _test_text(test), transform=ax_c.transAxes, ha="center",
+                      va="top", fontsize=6.3)
+        if "c" in status:
+            ax_c.text(0.5, 0.98, _wrap(status["c"], 36), transform=ax_c.transAxes,
+                      ha="center", va="top", fontsize=6.3, color="0.25")
         ax_c.set_title("mean \u00b1 95 % CI; points: participants", pad=2)
         save(fig, out_pdf, out_png)
 
+    keep = ("term", "estimate", "ci_low", "ci_high", "statistic", "df", "p", "effect_size")
     return {
         "glu": pd.DataFrame(glu_rows),
-        "welch": {k: test[k] for k in ("term", "estimate", "ci_low", "ci_high", "statistic",
-                                       "df", "p", "effect_size")},
-        "overlap": {k: ov[k] for k in ("n_participants", "n_scans", "com_mni", "peak_fraction",
-                                       "participants")},
+        "welch": None if test is None else {k: test[k] for k in keep},
+        "overlap": None if ov is None else {
+            k: ov[k] for k in ("n_participants", "n_scans", "com_mni", "peak_fraction",
+                               "participants")},
         "spectra": {"n": len(chosen), "scans": chosen, "typical": typical,
                     "scaling": "divided by the fitted water amplitude",
-                    "mean": specs.mean(0), "ppm": grid},
+                    "mean": specs.mean(0) if len(specs) else np.full(grid.size, np.nan),
+                    "ppm": grid},
+        "status": status,
     }
+
+
+#: how a test row's statistic and effect size are named on a figure
+ES_LABEL = {"hedges_g": "Hedges' g", "cohens_d": "d", "partial_eta2": "partial \u03b7\u00b2",
+            "r": "r", "rho": "\u03c1", "standardized_beta": "\u03b2"}
+
+
+def _test_text(test: Mapping) -> str:
+    """Panel 1c's four lines: difference, 95 % CI, test statistic and p, effect size."""
+    term = str(test["term"]).replace(" - ", " \u2212 ")
+    st = test.get("stat_type") or "t"
+    if test.get("kind") == "welch_t":
+        stat = f"Welch t({test['df']:.1f})"
+    elif st == "t" and np.isfinite(test.get("df", np.nan)):
+        stat = f"t({test['df']:.1f})"
+    else:
+        stat = st
+    es = ES_LABEL.get(test.get("effect_size_type"), "effect size")
+    return (f"{term}: {fmt_num(test['estimate'])} mmol/kg\n"
+            f"95 % CI [{fmt_num(test['ci_low'])}, {fmt_num(test['ci_high'])}]\n"
+            f"{stat} = {fmt_num(test['statistic'])}, {fmt_p(test['p'])}\n"
+            f"{es} = {fmt_num(test.get('effect_size'))}")
+
+
+def _draw_spectra(ax_m, ax_f, specs, grid, tfit, scale, typical, n_by_group, ppm_range):
+    """Panel 1b: mean +/- SD of the baseline spectra (top), the typical fit (bottom)."""
+    lo, hi = ppm_range
+    mean = specs.mean(0) * scale
+    sd = specs.std(0, ddof=1) * scale if len(specs) > 1 else np.zeros_like(mean)
+    ax_m.fill_between(grid, mean - sd, mean + sd, color="0.72", lw=0, label="\u00b1 SD")
+    ax_m.plot(grid, mean, color="black", lw=0.7, label="mean")
+    ax_m.set_ylabel("signal / water\n(\u00d710\u207b\u00b3)")
+    ax_m.legend(loc="upper left", frameon=False, handlelength=1.2)
+    ax_m.set_title(
+        f"mean of the baseline scans (neutral film; CUD placebo session), n = {len(specs)} "
+        f"(HC {n_by_group['HC']}, CUD {n_by_group['CUD']})", loc="left", pad=2)
+    top = float(np.max(mean + sd))
+    for name, ppm in PEAKS:
+        j = int(np.argmin(np.abs(grid - ppm)))
+        ax_m.text(ppm, (mean + sd)[j] + 0.04 * top, name, ha="center", va="bottom",
+                  fontsize=6)
+    ax_m.set_ylim(min(0.0, float(np.min(mean - sd))) - 0.05 * top, top * 1.25)
+
+    tp = tfit["ppm"]
+    data, model, bl = (tfit[k] * scale for k in ("data", "fit", "baseline"))
+    resid = data - model
+    ax_f.plot(tp, data, color="0.45", lw=0.7, label="data")
+    ax_f.plot(tp, model, color=OKABE_ITO["vermillion"], lw=0.8, label="fit")
+    ax_f.plot(tp, bl, color=OKABE_ITO["blue"], lw=0.7, ls="--", label="baseline")
+    off = float(np.min(np.minimum(data, bl))) - float(np.max(resid)) - 0.05 * top
+    ax_f.plot(tp, resid + off, color="0.2", lw=0.6, label="residual")
+    ax_f.axhline(off, color="0.7", lw=0.4, zorder=0)
+    ax_f.set_xlim(hi, lo)
+    ax_f.set_xlabel("chemical shift (ppm)")
+    ax_f.set_ylabel("signal / water\n(\u00d710\u207b\u00b3)")
+    ax_f.legend(loc="upper left", frameon=False, ncols=2, handlelength=1.2,
+                columnspacing=1.0)
+    ymax = float(np.max(np.r_[data, model]))
+    ax_f.set_ylim(off + float(np.min(resid)) - 0.05 * top, ymax * 1.15)
+    ax_f.set_title(f"typical fit: {typical[0]} {typical[1]} {typical[2]} film "
+                   f"(median fit quality, {tfit['fit_quality']:.2f})", loc="left", pad=2)
 
 
 def _group_in(table: pd.DataFrame, pid: str) -> str | None:
@@ -624,35 +786,62 @@ def _contrast_lines(row: Mapping, unit: str, digits: int = 2) -> str:
             f"{stat_s} = {fmt_num(row['statistic'], 2)}, {fmt_p(row['p'])}")
 
 
-def figure2(craving, stats_dir, out_pdf, out_png, *, models: Mapping | None = None) -> dict:
+def _level_text(pm: PanelModel, level, unit: str) -> str:
+    """The contrast printed for one level (group or drug) of a panel, or why there is none."""
+    name = (pm.spec.get("contrasts") or {}).get(level)
+    row = pm.row("contrast", name) if name else None
+    if row is not None:
+        return _contrast_lines(row, unit)
+    if pm.status is not None:
+        return "not available (see below)"
+    if name is None:
+        return _wrap(f"no contrast configured for {level} ({pm.where}.contrasts)", 36)
+    return _wrap(pm.why("contrast", name), 36)
+
+
+def _footer(pm: PanelModel, unit: str, sep: str) -> str:
+    """The panel's footer: each configured contrast (label, sep, one-line result), or the
+    reason the model's numbers are not drawn."""
+    if pm.status is not None:
+        return _wrap(pm.status, 70)
+    lines = []
+    for f in pm.spec.get("footer") or []:
+        row = pm.row("contrast", f["contrast"])
+        text = (_contrast_lines(row, unit).replace("\n", ", ") if row is not None
+                else pm.why("contrast", f["contrast"]))
+        lines.append(f"{f.get('label', f['contrast'])}:{sep}{text}")
+    return "\n".join(lines)
+
+
+def figure2(craving, stats_dir, out_pdf, out_png, *, models: Mapping | None = None,
+            panels: Mapping | None = None) -> dict:
     """Figure 2: craving (VAS 0-100) before and after each film, (a) HC vs CUD (placebo
     session), (b) CUD on placebo vs NAC; participant lines, means +/- 95 % CI, and the
-    cue-induced craving contrasts of the two craving mixed models."""
+    cue-induced craving contrasts of the two craving mixed models (``panels``: the config's
+    ``figures.fig2``, default :data:`DEFAULT_PANELS`). A panel whose model is not run or was
+    skipped draws its data and says why its numbers are missing (``status``)."""
     df = read_table(craving)
     df["vas"] = pd.to_numeric(df["vas"], errors="coerce")
-    grp = select(df, model_filter(models, "craving_group_film_time_lmm"))
-    drg = select(df, model_filter(models, "craving_drug_film_time_cud_lmm"))
-    m_grp = read_model(stats_dir, "craving_group_film_time_lmm")
-    m_drg = read_model(stats_dir, "craving_drug_film_time_cud_lmm")
-    panels = [
-        ("a", grp, "group", GROUPS, m_grp, {"HC": "cue_craving_HC", "CUD": "cue_craving_CUD"},
-         "group_x_film_x_time", "CUD \u2212 HC in cue-induced craving (group \u00d7 film \u00d7 "
-         "time)", {"HC": "HC", "CUD": "CUD, placebo session"}),
-        ("b", drg, "drug", DRUGS, m_drg,
-         {"placebo": "cue_craving_placebo", "nac": "cue_craving_nac"},
-         "drug_x_film_x_time", "NAC \u2212 placebo in cue-induced craving (drug \u00d7 film "
-         "\u00d7 time)",
-         {"placebo": "CUD on placebo", "nac": "CUD on NAC"}),
+    panels = DEFAULT_PANELS["fig2"] if panels is None else panels
+    pms = {key: PanelModel(f"figures.fig2.{key}", panels.get(key), models, stats_dir)
+           for key in ("group", "drug")}
+    grp, drg = pms["group"].data(df), pms["drug"].data(df)
+    layout = [
+        ("a", pms["group"], grp, "group", GROUPS, {"HC": "HC", "CUD": "CUD, placebo session"},
+         "Craving by group, film and time"),
+        ("b", pms["drug"], drg, "drug", DRUGS, {"placebo": "CUD on placebo", "nac": "CUD on NAC"},
+         "Craving by drug, film and time in CUD"),
     ]
     xs_film = {"neutral": 0.0, "cocaine": 2.6}
     rows = []
-    vmax = float(np.nanmax(np.r_[grp["vas"].to_numpy(float), drg["vas"].to_numpy(float)]))
+    vas = np.r_[grp["vas"].to_numpy(float), drg["vas"].to_numpy(float)]
+    vmax = float(np.nanmax(vas)) if np.isfinite(vas).any() else 0.0
     top = min(100.0, max(20.0, vmax * 1.05)) + 3.0
     with _rc():
         fig = _new_figure(88.0)
         subs = fig.subfigures(1, 2, wspace=0.02)
-        for sf, (letter, data, col, levels, mtab, cnames, inter, ilabel, titles) in zip(
-            subs, panels, strict=True
+        for sf, (letter, pm, data, col, levels, titles, heading) in zip(
+            subs, layout, strict=True
         ):
             axs = sf.subplots(1, 2, sharey=True)
             for k, (ax, lvl) in enumerate(zip(axs, levels, strict=True)):
@@ -663,53 +852,50 @@ def figure2(craving, stats_dir, out_pdf, out_png, *, models: Mapping | None = No
                 for x in r:
                     rows.append({"panel": letter, col: lvl, **x})
                 ns = [x["n"] for x in r]
-                crow = model_row(mtab, "contrast", cnames[lvl])
                 ax.set_title(f"{titles[lvl]} ({_n_label(ns)})\ncue-induced craving:\n"
-                             + _contrast_lines(crow, "VAS"), fontsize=6.3, pad=3)
+                             + _level_text(pm, lvl, "VAS"), fontsize=6.3, pad=3)
                 ticks = [xs_film[f] + i for f in FILMS for i in range(len(TIMES))]
                 _set_cond_axis(ax, ticks, list(TIMES) * len(FILMS),
                                [(xs_film[f] + 0.5, f"{f} film") for f in FILMS])
                 ax.set_ylim(-3.0, top)
+                if sub.empty:
+                    _message(ax, "no data", axis_off=False)
                 if k == 0:
                     ax.set_ylabel("craving (VAS, 0\u2013100)")
                 else:
                     ax.tick_params(labelleft=False)
-            _sf_label(sf, letter, "Craving by group, film and time" if letter == "a"
-                      else "Craving by drug, film and time in CUD")
-            irow = model_row(mtab, "contrast", inter)
-            sf.supxlabel(f"{ilabel}:\n" + _contrast_lines(irow, "VAS").replace("\n", ", "),
-                         fontsize=6.3)
+            _sf_label(sf, letter, heading)
+            sf.supxlabel(_footer(pm, "VAS", "\n"), fontsize=6.3)
         save(fig, out_pdf, out_png)
     summary = pd.DataFrame(rows)
-    return {"summary": summary}
+    return {"summary": summary, "status": {k: pm.status for k, pm in pms.items() if pm.status}}
 
 
-def figure3(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | None = None) -> dict:
+def figure3(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | None = None,
+            panels: Mapping | None = None) -> dict:
     """Figure 3: Glu (mmol/kg) during the neutral and the cocaine film, (a) by group (CUD on
     the placebo session, HC), (b) in CUD by drug; participant lines, means +/- 95 % CI and
-    the film and drug contrasts of the two Glu mixed models."""
+    the film and drug contrasts of the two Glu mixed models (``panels``: the config's
+    ``figures.fig3``, default :data:`DEFAULT_PANELS`). A panel whose model is not run or was
+    skipped draws its data and says why its numbers are missing (``status``)."""
     table = read_table(metabolites)
-    grp = select(table, model_filter(models, "glu_group_film_lmm"))
-    drg = select(table, model_filter(models, "glu_drug_film_cud_lmm"))
-    m_grp = read_model(stats_dir, "glu_group_film_lmm")
-    m_drg = read_model(stats_dir, "glu_drug_film_cud_lmm")
+    panels = DEFAULT_PANELS["fig3"] if panels is None else panels
+    pms = {key: PanelModel(f"figures.fig3.{key}", panels.get(key), models, stats_dir)
+           for key in ("group", "drug")}
     starts = (0.0, 2.6)
-    panels = [
-        ("a", grp, "group", GROUPS, m_grp, {"HC": "film_in_HC", "CUD": "film_in_CUD"},
-         [("group_x_film", "group \u00d7 film"),
-          ("group_at_neutral", "CUD \u2212 HC, neutral film")],
-         {"HC": "HC", "CUD": "CUD, placebo session"}),
-        ("b", drg, "drug", DRUGS, m_drg,
-         {"placebo": "film_in_placebo", "nac": "film_in_nac"},
-         [("nac_vs_placebo", "NAC \u2212 placebo"), ("drug_x_film", "drug \u00d7 film")],
-         {"placebo": "CUD on placebo", "nac": "CUD on NAC"}),
+    layout = [
+        ("a", pms["group"], "group", GROUPS, {"HC": "HC", "CUD": "CUD, placebo session"},
+         "Glu by group and film"),
+        ("b", pms["drug"], "drug", DRUGS, {"placebo": "CUD on placebo", "nac": "CUD on NAC"},
+         "Glu by drug and film in CUD"),
     ]
     rows = []
     with _rc():
         fig = _new_figure(95.0)
-        for sf, (letter, data, col, levels, mtab, cnames, extra, titles) in zip(
-            fig.subfigures(1, 2, wspace=0.03), panels, strict=True
+        for sf, (letter, pm, col, levels, titles, heading) in zip(
+            fig.subfigures(1, 2, wspace=0.03), layout, strict=True
         ):
+            data = pm.data(table)
             ax = sf.subplots()
             r = _paired_blocks(ax, data, "conc_molal", col, levels, "film", FILMS,
                                COLOURS, starts)
@@ -723,16 +909,14 @@ def figure3(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | None 
             _ylim(ax, np.r_[data["conc_molal"].to_numpy(float),
                             [x[k] for x in r for k in ("ci_low", "ci_high")]], head=0.5)
             for lvl, s0 in zip(levels, starts, strict=True):
-                crow = model_row(mtab, "contrast", cnames[lvl])
                 ax.text(s0 + 0.5, 0.99, "cocaine \u2212 neutral:\n"
-                        + _contrast_lines(crow, "mmol/kg"), transform=ax.get_xaxis_transform(),
+                        + _level_text(pm, lvl, "mmol/kg"), transform=ax.get_xaxis_transform(),
                         ha="center", va="top", fontsize=6.0, color=COLOURS[lvl])
+            if data.empty:
+                _message(ax, "no data", axis_off=False)
             ax.set_ylabel("Glu (mmol/kg)")
-            _sf_label(sf, letter, "Glu by group and film" if letter == "a"
-                      else "Glu by drug and film in CUD")
-            sf.supxlabel("\n".join(
-                f"{lab}: " + _contrast_lines(model_row(mtab, "contrast", name),
-                                             "mmol/kg").replace("\n", ", ")
-                for name, lab in extra), fontsize=6.0)
+            _sf_label(sf, letter, heading)
+            sf.supxlabel(_footer(pm, "mmol/kg", " "), fontsize=6.0)
         save(fig, out_pdf, out_png)
-    return {"summary": pd.DataFrame(rows)}
+    return {"summary": pd.DataFrame(rows),
+            "status": {k: pm.status for k, pm in pms.items() if pm.status}}

@@ -77,8 +77,20 @@ Result rows
 -----------
 :data:`COLUMNS`.  ``section`` is one of ``descriptive`` (cell mean, its SE/t-CI, ``sd``), ``test``
 (Welch test, correlation), ``coefficient``, ``anova``, ``contrast``, ``variance`` (mixed model
-variance components and ICC).  ``df2`` is the denominator df of F-tests.  Rows are sorted by
-section, then term.
+variance components and ICC), or ``skipped`` (see below).  ``df2`` is the denominator df of
+F-tests.  Rows are sorted by section, then term.
+
+Models the data cannot estimate
+-------------------------------
+A valid spec may still be beyond the data present (a pilot with one participant per group, a
+study without a NAC arm, every scan of a cell excluded): too few observations, participants,
+levels or complete pairs, a factor left with one level, a singular design, no complete rows,
+a fit that fails with every optimizer.  These raise :class:`InestimableError`;
+:func:`run_all` then writes the model's table as one row with section ``skipped`` and the
+reason in ``note`` (``on_inestimable: skip``, the default) and goes on, or stops
+(``on_inestimable: error``).  Spec errors a user must fix (unknown key or column, a formula
+that does not parse, a filter testing a column for a value it never takes that is not a
+declared level, a contrast naming an unknown coefficient) stop the run either way.
 """
 
 from __future__ import annotations
@@ -106,12 +118,15 @@ __all__ = [
     "COLUMNS",
     "DEFAULT_LEVELS",
     "KINDS",
+    "InestimableError",
     "ModelSpecError",
     "load_stats_config",
     "read_tables",
     "run_all",
     "run_model",
     "run_stats",
+    "skip_reason",
+    "skipped_table",
     "validate_spec",
     "write_summary_md",
     "write_tables",
@@ -154,7 +169,9 @@ COLUMNS = [
     "n_participants",
     "note",
 ]
-_SECTIONS = ("descriptive", "test", "coefficient", "anova", "contrast", "variance")
+_SECTIONS = ("descriptive", "test", "coefficient", "anova", "contrast", "variance", "skipped")
+SKIPPED = "skipped"
+ON_INESTIMABLE = ("skip", "error")
 _FLOAT_FORMAT = "%.6g"
 _Z975 = float(sps.norm.ppf(0.975))
 
@@ -197,8 +214,61 @@ class ModelSpecError(InputError):
     """A model spec is invalid or does not fit the data (a ``ValueError``; names the model)."""
 
 
+class InestimableError(ModelSpecError):
+    """A valid spec that the data present cannot estimate: too few observations, participants,
+    levels or pairs, a factor with one level, a singular design, no complete rows, a failed
+    fit.  :func:`run_all` reports such a model as skipped (``on_inestimable: skip``) and goes
+    on; ``reason`` is the message without the model name."""
+
+    def __init__(self, model: str, reason: str):
+        super().__init__(f"model '{model}': {reason}")
+        self.model = model
+        self.reason = reason
+
+
 def _err(model: str, msg: str) -> ModelSpecError:
     return ModelSpecError(f"model '{model}': {msg}")
+
+
+def _skip(model: str, msg: str) -> InestimableError:
+    return InestimableError(model, msg)
+
+
+def _declared(value: Any, levels: Sequence | None) -> bool:
+    """Whether ``value`` is one of the declared ``levels`` of its column (compared as text)."""
+    return levels is not None and str(value) in {str(v) for v in levels}
+
+
+def _absent_values(
+    expr: str, df: pd.DataFrame, levels: Mapping[str, Sequence]
+) -> list[tuple[str, Any]]:
+    """(column, value) pairs of a filter's ``column == value`` / ``column in [...]`` tests whose
+    value the column never takes in ``df`` and that is not a declared level of the column:
+    likely typos (a declared level absent from the data is a small study, not a typo)."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError:
+        return []
+    out: list[tuple[str, Any]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Compare) or len(node.ops) != 1:
+            continue
+        left, op, right = node.left, node.ops[0], node.comparators[0]
+        if isinstance(left, ast.Constant) and isinstance(right, ast.Name):
+            left, right = right, left
+        if not isinstance(left, ast.Name) or left.id not in df.columns:
+            continue
+        if isinstance(op, ast.Eq) and isinstance(right, ast.Constant):
+            values = [right.value]
+        elif isinstance(op, ast.In) and isinstance(right, (ast.List, ast.Tuple, ast.Set)):
+            values = [e.value for e in right.elts if isinstance(e, ast.Constant)]
+        else:
+            continue
+        present = {str(v) for v in df[left.id].dropna().unique()}
+        for v in values:
+            if str(v) not in present and not _declared(v, levels.get(left.id)):
+                out.append((left.id, v))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,10 +667,14 @@ def _merge_participants(
     return out
 
 
-def _apply_filter(model: str, df: pd.DataFrame, expr: str | None, table: str) -> pd.DataFrame:
+def _apply_filter(
+    model: str, df: pd.DataFrame, expr: str | None, table: str, levels: Mapping | None = None
+) -> pd.DataFrame:
+    """Rows of ``df`` the filter keeps. None kept: a spec error if the filter tests a column
+    for a value it never takes that is not a declared level (a typo), else not estimable."""
+    if df.empty:
+        raise _skip(model, f"table '{table}' is empty")
     if not expr:
-        if df.empty:
-            raise _err(model, f"table '{table}' is empty")
         return df
     names = _query_names(expr)
     if names is not None:
@@ -613,8 +687,14 @@ def _apply_filter(model: str, df: pd.DataFrame, expr: str | None, table: str) ->
     except Exception as exc:
         raise _err(model, f"filter {expr!r} failed on table '{table}': {exc}") from exc
     if out.empty:
-        raise _err(model, f"filter {expr!r} left no rows of table '{table}' "
-                   f"({len(df)} rows before filtering)")
+        msg = (f"filter {expr!r} left no rows of table '{table}' ({len(df)} rows before "
+               "filtering)")
+        typos = _absent_values(expr, df, levels or {})
+        if typos:
+            raise _err(model, msg + "; " + ", ".join(
+                f"{c} is never {v!r} in the table (a typo? declared levels: "
+                f"{list((levels or {}).get(c, [])) or 'none'})" for c, v in typos))
+        raise _skip(model, msg)
     return out
 
 
@@ -630,7 +710,8 @@ def _level_mask(series: pd.Series, level: Any) -> pd.Series:
     return mask
 
 
-def _derive(model: str, df: pd.DataFrame, step: dict, notes: list | None = None) -> pd.DataFrame:
+def _derive(model: str, df: pd.DataFrame, step: dict, notes: list | None = None,
+            levels: Mapping | None = None) -> pd.DataFrame:
     """One derive step (a paired difference); units dropped by ``on_incomplete: drop`` are
     described in ``notes`` (if given) so the model's rows can say who was left out."""
     over, (la, lb), value, keys, name = (
@@ -641,9 +722,14 @@ def _derive(model: str, df: pd.DataFrame, step: dict, notes: list | None = None)
     if miss:
         raise _err(model, f"{what}: column(s) {miss} not in the data")
     ma, mb = _level_mask(df[over], la), _level_mask(df[over], lb)
+    typos = [v for v, m in ((la, ma), (lb, mb))
+             if not m.any() and not _declared(v, (levels or {}).get(over))]
+    if typos:  # a level neither in the data nor declared: a spec error, not a small study
+        raise _err(model, f"{what}: {over} is never {' or '.join(map(repr, typos))} in the "
+                   f"data and not a declared level (a typo?)")
     sub = df[ma | mb].assign(_lvl=np.where(ma[ma | mb], "a", "b"))
     if sub.empty:
-        raise _err(model, f"{what}: no rows with {over} in {[la, lb]}")
+        raise _skip(model, f"{what}: no rows with {over} in {[la, lb]}")
     dup = sub.duplicated([*keys, "_lvl"], keep=False)
     if dup.any():
         first = sub.loc[dup, keys].iloc[0]
@@ -672,7 +758,7 @@ def _derive(model: str, df: pd.DataFrame, step: dict, notes: list | None = None)
         keep_keys = levels_present.index[levels_present == "ab"]
         sub = sub.set_index(keys).loc[keep_keys].reset_index()
         if sub.empty:
-            raise _err(model, f"{what}: no unit has both {over}={la} and {over}={lb}")
+            raise _skip(model, f"{what}: no unit has both {over}={la} and {over}={lb}")
     wide = sub.pivot_table(index=keys, columns="_lvl", values=value, aggfunc="first",
                            dropna=False)
     diff = (wide["a"] - wide["b"]).rename(name)
@@ -691,6 +777,7 @@ def _source_frame(
     derive: list[dict],
     tables: Mapping[str, pd.DataFrame | None],
     notes: list | None = None,
+    levels: Mapping | None = None,
 ) -> pd.DataFrame:
     df = tables.get(table)
     if df is None:
@@ -698,9 +785,9 @@ def _source_frame(
     if not isinstance(df, pd.DataFrame):
         raise _err(model, f"table '{table}' must be a pandas DataFrame")
     df = _merge_participants(model, df, tables.get("participants"), table)
-    df = _apply_filter(model, df, filt, table)
+    df = _apply_filter(model, df, filt, table, levels)
     for step in derive:
-        df = _derive(model, df, step, notes)
+        df = _derive(model, df, step, notes, levels)
     return df
 
 
@@ -772,8 +859,8 @@ def _model_frame(
     frame = df.dropna(subset=list(cols))
     _note_missing(spec, df, cols)
     if frame.empty:
-        raise _err(name, f"no complete rows for columns {list(cols)} after filtering "
-                   f"({len(df)} rows had missing values)")
+        raise _skip(name, f"no complete rows for columns {list(cols)} after filtering "
+                    f"({len(df)} rows had missing values)")
     factors, numerics = [], []
     frame = frame.copy()
     for c in cols:
@@ -884,15 +971,20 @@ def _run_welch(spec: dict, df: pd.DataFrame) -> pd.DataFrame:
         raise _err(name, f"outcome '{y}' is not numeric")
     _check_one_row(spec, frame)
     cats = list(frame[by].cat.categories)
-    if len(cats) != 2:
+    if len(cats) > 2:
         raise _err(name, f"'{by}' must have exactly two levels after filtering, found {cats}")
+    if len(cats) < 2:
+        raise _skip(name, f"'{by}' has only the level(s) {cats} after filtering; a two-group "
+                    "comparison needs two")
     ref, lvl = cats
     x1 = frame.loc[frame[by] == lvl, y].to_numpy(float)
     x0 = frame.loc[frame[by] == ref, y].to_numpy(float)
     for lab, x in ((lvl, x1), (ref, x0)):
         if len(x) < 2:
-            raise _err(name, f"{by}={lab} has {len(x)} observation(s); need at least 2")
+            raise _skip(name, f"{by}={lab} has {len(x)} observation(s); need at least 2")
     v1, v0 = np.var(x1, ddof=1), np.var(x0, ddof=1)
+    if v1 == 0 and v0 == 0:
+        raise _skip(name, f"'{y}' does not vary within either group: no standard error")
     n1, n0 = len(x1), len(x0)
     est = float(np.mean(x1) - np.mean(x0))
     se = math.sqrt(v1 / n1 + v0 / n0)
@@ -927,7 +1019,7 @@ def _formula_frame(spec: dict, df: pd.DataFrame, extra: Sequence[str] = ()):
     for f in factors:  # a one-level factor has no contrast: patsy drops it or ANOVA fails
         present = list(frame[f].cat.categories)
         if len(present) < 2 and f not in spec.get("within", ()):
-            raise _err(spec["name"], f"factor '{f}' has only the level(s) {present} in the "
+            raise _skip(spec["name"], f"factor '{f}' has only the level(s) {present} in the "
                        f"{len(frame)} rows left after filtering; a model term needs at least "
                        f"2 levels (remove '{f}' from the formula or widen the filter)")
     for c in spec["center"]:
@@ -959,7 +1051,7 @@ def _check_same_design(spec: dict, X: pd.DataFrame, exog: np.ndarray, names: Seq
 def _check_rank(spec: dict, exog: np.ndarray) -> None:
     rank = np.linalg.matrix_rank(exog)
     if rank < exog.shape[1]:
-        raise _err(spec["name"], f"the design of {spec['formula']!r} is rank deficient (rank "
+        raise _skip(spec["name"], f"the design of {spec['formula']!r} is rank deficient (rank "
                    f"{rank} < {exog.shape[1]} columns): a factor has one level after filtering "
                    "or terms are confounded")
 
@@ -991,8 +1083,10 @@ def _contrast_matrix(
             if col in factors and val not in list(frame[col].cat.categories):
                 ok = [v for v in frame[col].cat.categories if str(v) == str(val)]
                 if not ok:
-                    raise _err(name, f"contrast '{c['name']}': {col}={val!r} is not a level in "
-                               f"the analysed data {list(frame[col].cat.categories)}")
+                    # a declared level missing from a small study: not estimable; else a typo
+                    make = _skip if _declared(val, spec["levels"].get(col)) else _err
+                    raise make(name, f"contrast '{c['name']}': {col}={val!r} is not a level "
+                               f"in the analysed data {list(frame[col].cat.categories)}")
         free = [f for f in factors if f not in fixed]
         free_levels = [list(frame[f].cat.categories) for f in free]
         diff_items = list(c["diff"].items())
@@ -1081,9 +1175,10 @@ def _run_ols(spec: dict, df: pd.DataFrame) -> pd.DataFrame:
     if sort_cols:
         frame = frame.sort_values(sort_cols, kind="mergesort")
     X, dinfo = _design(spec, frame)
-    _check_rank(spec, X.to_numpy())
     if len(frame) <= X.shape[1]:
-        raise _err(name, f"{len(frame)} observations for {X.shape[1]} coefficients")
+        raise _skip(name, f"{len(frame)} observations for {X.shape[1]} coefficients; need more "
+                    "observations than coefficients")
+    _check_rank(spec, X.to_numpy())
     res = smf.ols(spec["formula"], frame).fit()
     _check_same_design(spec, X, res.model.exog, res.model.exog_names)
     dfr = float(res.df_resid)
@@ -1157,8 +1252,8 @@ def _check_within(spec: dict, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     levels = [list(frame[w].cat.categories) for w in within]
     for w, lv in zip(within, levels, strict=True):
         if len(lv) < 2:
-            raise _err(name, f"within-participant factor '{w}' has only level(s) {lv} after "
-                       "filtering")
+            raise _skip(name, f"within-participant factor '{w}' has only level(s) {lv} after "
+                        "filtering")
     required = set(itertools.product(*levels))
     counts = frame.groupby([g, *within], observed=True, sort=True).size()
     dups = counts[counts > 1]
@@ -1180,7 +1275,7 @@ def _check_within(spec: dict, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if spec["on_incomplete"] == "drop":
         kept = frame[~frame[g].isin(list(bad))]
         if kept.empty:
-            raise _err(name, "no participant has complete within-participant data")
+            raise _skip(name, "no participant has complete within-participant data")
         lacks = [
             f"{pid} (missing " + " and ".join(_fmt_key(within, m) for m in bad[pid]) + ")"
             for pid in sorted(bad, key=str)
@@ -1278,7 +1373,8 @@ def _fit_mixedlm(spec: dict, frame: pd.DataFrame):
             best = (res, [f"optimizer {method} did not converge", *notes])
         failures.append(f"{method}: not converged")
     if best is None:
-        raise _err(spec["name"], "MixedLM fit failed with every optimizer: " + "; ".join(failures))
+        raise _skip(spec["name"], "MixedLM fit failed with every optimizer: "
+                    + "; ".join(failures))
     return best
 
 
@@ -1294,8 +1390,12 @@ def _run_mixedlm(spec: dict, df: pd.DataFrame) -> pd.DataFrame:
     for f in factors:  # participants dropped above may have removed a level
         frame[f] = frame[f].cat.remove_unused_categories()
     if frame[g].nunique() < 2:
-        raise _err(name, f"need at least 2 levels of '{g}' for a random intercept")
+        raise _skip(name, f"{frame[g].nunique()} level(s) of '{g}'; need at least 2 for a "
+                    "random intercept")
     X, dinfo = _design(spec, frame)
+    if len(frame) <= X.shape[1]:
+        raise _skip(name, f"{len(frame)} observations for {X.shape[1]} fixed-effect "
+                    "coefficients; need more observations than coefficients")
     _check_rank(spec, X.to_numpy())
     res, notes = _fit_mixedlm(spec, frame)
     if inc_note:
@@ -1375,12 +1475,12 @@ def _run_correlation(spec: dict, tables: Mapping[str, pd.DataFrame | None]) -> p
     dropped: list[str] = spec.get("_notes", [])
     if not (xs["own"] and ys["own"]):
         base = _source_frame(name, spec["table"], spec["filter"], spec["derive"], tables,
-                             dropped)
+                             dropped, spec["levels"])
     parts = []
     for src in (xs, ys):
         if src["own"]:
             parts.append(_source_frame(name, src["table"], src["filter"], src["derive"], tables,
-                                       dropped))
+                                       dropped, spec["levels"]))
         else:
             parts.append(base)
     xcol, ycol = xs["column"], ys["column"]
@@ -1403,16 +1503,16 @@ def _run_correlation(spec: dict, tables: Mapping[str, pd.DataFrame | None]) -> p
         left = parts[0].drop(columns=[ycol], errors="ignore")
         data = left.merge(parts[1][[*on, ycol]], on=on, how="inner", validate="one_to_one")
         if data.empty:
-            raise _err(name, f"x and y have no {'/'.join(on)} in common")
+            raise _skip(name, f"x and y have no {'/'.join(on)} in common")
     frame, _, _ = _model_frame(spec, data, [xcol, ycol])
     if parts[0] is parts[1]:
         _check_one_row(spec, frame)
     n = len(frame)
     if n < 4:
-        raise _err(name, f"{n} complete pairs; need at least 4 for a correlation with a CI")
+        raise _skip(name, f"{n} complete pairs; need at least 4 for a correlation with a CI")
     x, y = frame[xcol].to_numpy(float), frame[ycol].to_numpy(float)
     if np.ptp(x) == 0 or np.ptp(y) == 0:
-        raise _err(name, "x or y is constant")
+        raise _skip(name, "x or y is constant")
     rows = _describe(spec, frame, xcol, []) + _describe(spec, frame, ycol, [])
     n_part = _n_participants(frame)
     for method in spec["method"]:
@@ -1449,7 +1549,8 @@ def run_model(
     """Validate, build the analysis frame for and fit one model; return its tidy rows.
 
     ``levels`` overrides :data:`DEFAULT_LEVELS` (and is itself overridden by ``spec['levels']``).
-    Raises :class:`ModelSpecError` (a ``ValueError`` naming the model) on bad specs or data.
+    Raises :class:`ModelSpecError` (a ``ValueError`` naming the model) on bad specs or data,
+    :class:`InestimableError` (a subclass) when the data cannot estimate the model.
     """
     s = validate_spec(spec, metabolites, craving, participants, levels=levels)
     tables = {"metabolites": metabolites, "craving": craving, "participants": participants}
@@ -1457,7 +1558,8 @@ def run_model(
     s = {**s, "_notes": dropped}  # who the model leaves out, and why (its note column)
     if s["kind"] == "correlation":
         return _run_correlation(s, tables)
-    df = _source_frame(s["name"], s["table"], s["filter"], s["derive"], tables, dropped)
+    df = _source_frame(s["name"], s["table"], s["filter"], s["derive"], tables, dropped,
+                       s["levels"])
     if s["kind"] == "welch_t":
         return _note_dropped(_run_welch(s, df), dropped)
     if s["kind"] == "ols":
@@ -1472,17 +1574,48 @@ def run_all(
     participants: pd.DataFrame | None,
     *,
     levels: Mapping | None = None,
+    on_inestimable: str = "skip",
 ) -> dict[str, pd.DataFrame]:
-    """Run every model (config order); all specs are validated before any is fitted."""
+    """Run every model (config order); all specs are validated before any is fitted.
+
+    A model the data cannot estimate (:class:`InestimableError`) becomes its
+    :func:`skipped_table` with ``on_inestimable='skip'``, or stops the run with ``'error'``;
+    spec errors always stop it.
+    """
+    if on_inestimable not in ON_INESTIMABLE:
+        raise ModelSpecError(f"on_inestimable must be one of {list(ON_INESTIMABLE)}, got "
+                             f"{on_inestimable!r}")
     names = [m.get("name") if isinstance(m, Mapping) else None for m in models]
     dups = sorted({n for n in names if n is not None and names.count(n) > 1})
     if dups:
         raise ModelSpecError(f"duplicate model name(s) {dups}")
-    for m in models:
-        validate_spec(m, metabolites, craving, participants, levels=levels)
-    return {
-        m["name"]: run_model(m, metabolites, craving, participants, levels=levels) for m in models
-    }
+    specs = [validate_spec(m, metabolites, craving, participants, levels=levels) for m in models]
+    out = {}
+    for m, s in zip(models, specs, strict=True):
+        try:
+            out[s["name"]] = run_model(m, metabolites, craving, participants, levels=levels)
+        except InestimableError as exc:
+            if on_inestimable == "error":
+                raise InestimableError(exc.model, f"{exc.reason} (stats.on_inestimable: error; "
+                                       "'skip' reports the model as skipped)") from exc
+            out[s["name"]] = skipped_table(s, exc.reason)
+    return out
+
+
+def skipped_table(spec: Mapping, reason: str) -> pd.DataFrame:
+    """The table of a model not estimable with the data present: one row, section
+    ``skipped``, the reason in ``note`` (the :data:`COLUMNS` contract)."""
+    s = spec if "levels" in spec else _normalize_spec(spec)
+    return _finish([_row(s, SKIPPED, "", note=reason)])
+
+
+def skip_reason(table: pd.DataFrame) -> str | None:
+    """Why a model's table says it was skipped (None for an estimated model)."""
+    sk = table[table["section"] == SKIPPED] if "section" in table.columns else table.iloc[:0]
+    if sk.empty:
+        return None
+    note = sk["note"].iloc[0]
+    return str(note) if isinstance(note, str) and note else "not estimable with these data"
 
 
 def write_tables(results: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
@@ -1687,6 +1820,11 @@ def write_summary_md(
         f"{_num_nolead(ctx['alpha'], 2)}. Factors are treatment-coded (reference: first level)."
     )
     lines.append("")
+    skipped = [n for n, df in results.items() if not df.empty and skip_reason(df) is not None]
+    if skipped:
+        lines += [f"Not estimable with these data, hence skipped: {len(skipped)} of "
+                  f"{len(results)} models ({', '.join(f'`{n}`' for n in skipped)}); the reason "
+                  "is given in each model's section and in the `note` column of its table.", ""]
     for name, df in results.items():
         if df.empty:
             continue
@@ -1695,7 +1833,10 @@ def write_summary_md(
         label = (spec or {}).get("label") or ctx["labels"].get(outcome, outcome)
         lines += [f"## {label} (`{name}`)", ""]
         kind = df["kind"].iloc[0]
-        if kind == "welch_t":
+        reason = skip_reason(df)
+        if reason is not None:
+            body = [f"Skipped: not estimable with these data ({reason})."]
+        elif kind == "welch_t":
             body = _summary_welch(df, label, ctx)
         elif kind == "correlation":
             body = _summary_correlation(df, label, ctx)
@@ -1727,7 +1868,8 @@ def read_tables(
 
 
 def load_stats_config(path: str | Path) -> dict:
-    """Read the ``stats`` block (``models``, ``levels``, ``labels``, ``units``, ``alpha``)."""
+    """Read the ``stats`` block (``models``, ``levels``, ``labels``, ``units``, ``alpha``,
+    ``on_inestimable``)."""
     with open(path, encoding="utf-8") as fh:
         cfg = yaml.safe_load(fh)
     return cfg.get("stats", cfg)
@@ -1741,10 +1883,12 @@ def run_stats(
     out_dir: str | Path,
     summary_md: str | Path,
 ) -> dict[str, pd.DataFrame]:
-    """Run all models of a ``stats`` config block and write the tables and summary."""
+    """Run all models of a ``stats`` config block and write the tables and summary
+    (``on_inestimable``: skip, the default, or error)."""
     models = list(stats_config["models"])
     levels = stats_config.get("levels")
-    results = run_all(models, metabolites, craving, participants, levels=levels)
+    results = run_all(models, metabolites, craving, participants, levels=levels,
+                      on_inestimable=stats_config.get("on_inestimable", "skip"))
     write_tables(results, out_dir)
     write_summary_md(
         results,

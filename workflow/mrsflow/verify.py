@@ -32,6 +32,11 @@ Two kinds of expected values:
 :data:`VERIFICATION_COLUMNS` (check, value, expected, tolerance, pass, source).  Nothing is
 hard-coded: values come from the run's tables, expected values from the truth (twin) or from
 ``config/verification.yaml`` (paper), tolerances from ``config/verification.yaml``.
+
+A check that cannot be made with this run is *not applicable* (``pass`` = ``n/a``, the reason
+in ``value``), never a crash: the model it names is not among the config's stats models, was
+skipped by the stats step (not estimable with these data, e.g. a pilot study), or has no such
+row; or the column it reads is absent.
 """
 
 from __future__ import annotations
@@ -49,10 +54,13 @@ from mrsflow.errors import InputError
 
 __all__ = [
     "COMBINATIONS",
+    "NOT_APPLICABLE",
     "VERIFICATION_COLUMNS",
     "build_verification",
     "compare_effects",
+    "find_row",
     "load_verification_config",
+    "model_status",
     "quality_recovery",
     "recovery_summary",
     "recovery_table",
@@ -73,6 +81,10 @@ COMBINATIONS: dict[str, tuple[str, ...]] = {
     "Glx": ("Glu", "Gln"),
 }
 VERIFICATION_COLUMNS = ["check", "value", "expected", "tolerance", "pass", "source"]
+#: the ``pass`` of a check this run cannot make (its reason is the ``value``)
+NOT_APPLICABLE = "n/a"
+#: the section of the one row of a model the data could not estimate (mrsflow.stats.SKIPPED)
+SKIPPED = "skipped"
 #: rows of the model tables whose CI is checked against the truth estimate, per model
 CI_SECTIONS = ("test", "coefficient", "contrast")
 PLOT_METABOLITES = ("Glu", "NAA", "tCr", "Ins")
@@ -399,9 +411,12 @@ def run_recovery(
     }
     models = list(stats_config["models"])
     levels = stats_config.get("levels")
+    on_inestimable = stats_config.get("on_inestimable", "skip")
     truth_table = truth_metabolites(rec, truth_conc, truth_tissue)
-    res_rec = stats.run_all(models, rec, crav, part, levels=levels)
-    res_true = stats.run_all(models, truth_table, crav, part, levels=levels)
+    res_rec = stats.run_all(models, rec, crav, part, levels=levels,
+                            on_inestimable=on_inestimable)
+    res_true = stats.run_all(models, truth_table, crav, part, levels=levels,
+                             on_inestimable=on_inestimable)
     out["effects"] = compare_effects(res_rec, res_true)
     for key, df in out.items():
         _write(df, outputs[key])
@@ -418,9 +433,44 @@ def run_recovery(
 
 def _check(check: str, value: Any, expected: Any, tolerance: str, passed: Any,
            source: str) -> dict:
-    ok = None if passed is None or passed is pd.NA else bool(passed)
+    if passed == NOT_APPLICABLE:
+        ok = NOT_APPLICABLE
+    else:
+        ok = None if passed is None or passed is pd.NA else bool(passed)
     return {"check": check, "value": value, "expected": expected, "tolerance": tolerance,
             "pass": ok, "source": source}
+
+
+def _not_applicable(check: str, why: str, expected: Any, tolerance: str, source: str) -> dict:
+    """A check this run cannot make, and why (in ``value``)."""
+    return _check(check, f"not applicable: {why}", expected, tolerance, NOT_APPLICABLE, source)
+
+
+def model_status(all_models: pd.DataFrame, model: str) -> str | None:
+    """Why a model has no numbers in the stats tables (None: it has): not run, or skipped."""
+    rows = all_models[all_models["model"] == model]
+    if rows.empty:
+        return f"{model} is not among the models of the config's stats block"
+    skipped = rows[rows["section"] == SKIPPED]
+    if len(skipped):
+        note = skipped["note"].iloc[0] if "note" in skipped.columns else None
+        reason = note if isinstance(note, str) and note else "not estimable with these data"
+        return f"{model} skipped ({reason})"
+    return None
+
+
+def find_row(all_models: pd.DataFrame, model: str, section: str,
+             term: str) -> tuple[pd.Series | None, str | None]:
+    """(the row, None), or (None, why there is none: the model was not run or was skipped,
+    or has no such row)."""
+    why = model_status(all_models, model)
+    if why is not None:
+        return None, why
+    sel = all_models[(all_models["model"] == model) & (all_models["section"] == section)
+                     & (all_models["term"].astype(str) == str(term))]
+    if sel.empty:
+        return None, f"no {section} row {term!r} in results/stats/{model}.tsv"
+    return sel.iloc[0], None
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -470,10 +520,26 @@ def finding_checks_paper(findings: Sequence[Mapping], all_models: pd.DataFrame,
     direction and p < alpha; ``not_significant``: p >= alpha)."""
     rows = []
     for f in findings:
-        r = stat_row(all_models, f["model"], f["section"], f["term"])
+        r, why = find_row(all_models, f["model"], f["section"], f["term"])
         where = f"results/stats/{f['model']}.tsv ({f['section']} {f['term']})"
         label = f.get("label", f["name"])
         rep_p = f.get("reported_p")
+        if r is None:
+            src = f"{where} vs paper ({source})"
+            if f["claim"] in ("significant", "direction"):
+                d = f["direction"]
+                rows.append(_not_applicable(f"{label}: direction", why,
+                                            f"{_SIGN[d]} ({d}, as reported)",
+                                            "sign of the estimate", src))
+            if f["claim"] == "significant":
+                rows.append(_not_applicable(
+                    f"{label}: p", why,
+                    f"{rep_p} (reported)" if rep_p is not None else f"< {alpha}",
+                    f"p < {alpha}", src))
+            elif f["claim"] == "not_significant":
+                rows.append(_not_applicable(f"{label}: p", why, "not significant (reported)",
+                                            f"p >= {alpha}", src))
+            continue
         if f["claim"] in ("significant", "direction"):
             d = f["direction"]
             rows.append(_check(
@@ -502,11 +568,22 @@ def finding_checks_twin(findings: Sequence[Mapping], all_models: pd.DataFrame,
     for f in findings:
         if "planted" not in f:
             continue
-        r = stat_row(all_models, f["model"], f["section"], f["term"])
+        r, why = find_row(all_models, f["model"], f["section"], f["term"])
         where = f"results/stats/{f['model']}.tsv ({f['section']} {f['term']})"
         label = f.get("label", f["name"])
         planted = planted_effect(twin_config, f["planted"])
         src = f"{where} vs planted twin.effects.{f['planted']['effect']}"
+        if r is None:
+            if planted == 0:
+                rows.append(_not_applicable(f"{label}: planted 0 inside 95 % CI", why,
+                                            "0 (planted)", "95 % CI includes 0", src))
+            else:
+                d = "positive" if planted > 0 else "negative"
+                unit = f["planted"].get("unit", "")
+                rows.append(_not_applicable(f"{label}: direction", why,
+                                            f"{_SIGN[d]} (planted {planted:+g}{unit})",
+                                            "sign of the estimate", src))
+            continue
         est = float(r["estimate"])
         if planted == 0:
             lo, hi = float(r["ci_low"]), float(r["ci_high"])
@@ -530,6 +607,14 @@ def quality_checks_paper(metabolites: pd.DataFrame, quality: Mapping,
     rows = []
     for key, q in quality.items():
         col = q["column"]
+        if col not in scans.columns:
+            rows.append(_not_applicable(
+                f"mean {q.get('label', key)} (QC-passed scans)",
+                f"no column {col!r} in results/tables/metabolites.tsv",
+                f"{float(q['reported_mean']):g} (reported)",
+                f"within {100 * float(q['tolerance_rel']):g} %",
+                f"results/tables/metabolites.tsv {col} vs paper ({source})"))
+            continue
         vals = scans[col].to_numpy(float) * float(q.get("scale", 1.0))
         vals = vals[np.isfinite(vals)]
         mean = float(np.mean(vals)) if len(vals) else math.nan
@@ -545,9 +630,11 @@ def quality_checks_paper(metabolites: pd.DataFrame, quality: Mapping,
 
 
 def twin_checks(conc: pd.DataFrame, summary: pd.DataFrame, tissue: pd.DataFrame,
-                quality: pd.DataFrame, effects: pd.DataFrame, targets: Mapping) -> list[dict]:
+                quality: pd.DataFrame, effects: pd.DataFrame, targets: Mapping,
+                all_models: pd.DataFrame | None = None) -> list[dict]:
     """Recovery targets of the twin: Glu r and group means, tissue fractions, SNR and
-    linewidths, truth inside the CI of every model row."""
+    linewidths, truth inside the CI of every model row (not applicable for a model skipped
+    in the run, whose reason ``all_models`` gives, or without a truth estimate)."""
     rows = []
     met = targets.get("metabolite", "Glu")
     src_c = "results/twin/recovery/concentrations.tsv vs results/twin/truth/concentrations.tsv"
@@ -593,9 +680,19 @@ def twin_checks(conc: pd.DataFrame, summary: pd.DataFrame, tissue: pd.DataFrame,
                            f">= {100 * min_q:g} %", f"per-scan |relative error| <= "
                            f"{100 * tol_q:g} %", pct >= 100 * min_q, src_q))
     src_e = "results/twin/recovery/effects.tsv (models on recovered vs on planted values)"
-    for model, m in effects.groupby("model", sort=False):
-        m = m[m["section"].isin(CI_SECTIONS) & m["truth_inside_ci"].notna()]
+    for model, m_all in effects.groupby("model", sort=False):
+        m = m_all[m_all["section"].isin(CI_SECTIONS) & m_all["truth_inside_ci"].notna()]
         if m.empty:
+            why = model_status(all_models, model) if all_models is not None else None
+            if why is None and (m_all["section"] == SKIPPED).any():
+                why = f"{model} skipped (not estimable with these data)"
+            if why is None and m_all["section"].isin(CI_SECTIONS).any():
+                why = (f"no truth estimate ({model} could not be estimated on the planted "
+                       "values)")
+            if why is not None:
+                rows.append(_not_applicable(f"{model}: truth estimate inside the 95 % CI",
+                                            why, "all rows", "every test, coefficient and "
+                                            "contrast", src_e))
             continue
         inside = m["truth_inside_ci"].astype(bool)
         bad = ", ".join(m.loc[~inside, "term"].astype(str))
@@ -624,7 +721,7 @@ def build_verification(
         rows = finding_checks_twin(vcfg["findings"], all_models, twin_config)
         rows += twin_checks(recovery["concentrations"], recovery["summary"],
                             recovery["tissue"], recovery["quality"], recovery["effects"],
-                            vcfg["twin"])
+                            vcfg["twin"], all_models)
     else:
         alpha = float(vcfg.get("alpha", 0.05))
         rows = finding_checks_paper(vcfg["findings"], all_models, alpha, vcfg_path)
@@ -632,7 +729,8 @@ def build_verification(
     df = pd.DataFrame(rows, columns=VERIFICATION_COLUMNS)
     df["value"] = df["value"].map(_fmt_value)
     df["expected"] = df["expected"].map(_fmt_value)
-    df["pass"] = df["pass"].map(lambda p: "NA" if p is None else ("pass" if p else "fail"))
+    df["pass"] = df["pass"].map(lambda p: p if p == NOT_APPLICABLE else (
+        "NA" if p is None else ("pass" if p else "fail")))
     return df
 
 
@@ -680,6 +778,8 @@ def run_verification(
         from mrsflow.report import write_html
 
         n_fail = int((df["pass"] == "fail").sum())
+        n_na = int((df["pass"] == NOT_APPLICABLE).sum())
         write_html(df, html, f"Verification ({source}): {int((df['pass'] == 'pass').sum())} "
-                   f"pass, {n_fail} fail", Path(out).name)
+                   f"pass, {n_fail} fail" + (f", {n_na} not applicable" if n_na else ""),
+                   Path(out).name)
     return df

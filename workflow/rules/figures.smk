@@ -7,12 +7,27 @@ PLACED = [
     for (pid, ses, film), t1ses in zip(SCANS.index, SCANS.t1_session)
     if t1ses
 ]
+# config 'figures': the stats model (and rows of its table) each panel draws. A figure's
+# inputs are the tables of those models the stats block runs; a panel whose model is not
+# run, or was skipped, says so on the figure.
+FIGURES = config.get("figures") or {}
+STATS_MODELS = [m["name"] for m in config["stats"]["models"]]
+FIGURE_STATS = {
+    fig: [
+        f"results/stats/{name}.tsv"
+        for name in dict.fromkeys(
+            (panel or {}).get("model") for panel in (FIGURES.get(fig) or {}).values()
+        )
+        if name in STATS_MODELS
+    ]
+    for fig in ("fig1", "fig2", "fig3")
+}
 
 
 rule figure1:
     input:
         metabolites="results/tables/metabolites.tsv",
-        stats="results/stats/baseline_glu_welch.tsv",
+        stats=FIGURE_STATS["fig1"],
         segmented=participant_dirs("segment"),
         converted=participant_dirs("convert"),
         preprocessed=participant_dirs("preprocess"),
@@ -38,29 +53,27 @@ rule figure1:
         runtime=10,
     params:
         code=CODE["figures"],
-        stats_dir=lambda w, input: Path(input.stats).parent,
+        stats_dir=lambda w, input: Path(input.stats[0]).parent if input.stats else ".",
         voxel_xfm=" ".join(shlex.quote(x) for x, _ in PLACED),
         mrs=" ".join(shlex.quote(m) for _, m in PLACED),
         spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),
         fits=" ".join(shlex.quote(p) for p in all_scan_files("fit_json")),
         models=as_json(config["stats"]),
         fitting=as_json(fit_params()),
+        panels=as_json(FIGURES.get("fig1") or {}),
     shell:
         "python -m mrsflow figure1 --metabolites {input.metabolites:q}"
         " --stats-dir {params.stats_dir:q} --basis-dir {input.basis:q}"
         " --voxel-xfm {params.voxel_xfm} --voxel-mrs {params.mrs}"
         " --spectra {params.spectra} --fits {params.fits}"
-        " --models {params.models:q} --fitting {params.fitting:q}"
+        " --models {params.models:q} --fitting {params.fitting:q} --panels {params.panels:q}"
         " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
 
 
 rule figure2:
     input:
         craving="results/tables/craving.tsv",
-        stats=expand(
-            "results/stats/{model}.tsv",
-            model=["craving_group_film_time_lmm", "craving_drug_film_time_cud_lmm"],
-        ),
+        stats=FIGURE_STATS["fig2"],
     output:
         pdf="results/figures/fig2.pdf",
         png=report(
@@ -81,20 +94,19 @@ rule figure2:
         runtime=5,
     params:
         code=CODE["figures"],
-        stats_dir=lambda w, input: Path(input.stats[0]).parent,
+        stats_dir=lambda w, input: Path(input.stats[0]).parent if input.stats else ".",
         models=as_json(config["stats"]),
+        panels=as_json(FIGURES.get("fig2") or {}),
     shell:
         "python -m mrsflow figure2 --craving {input.craving:q} --stats-dir {params.stats_dir:q}"
-        " --models {params.models:q} --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
+        " --models {params.models:q} --panels {params.panels:q}"
+        " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
 
 
 rule figure3:
     input:
         metabolites="results/tables/metabolites.tsv",
-        stats=expand(
-            "results/stats/{model}.tsv",
-            model=["glu_group_film_lmm", "glu_drug_film_cud_lmm"],
-        ),
+        stats=FIGURE_STATS["fig3"],
     output:
         pdf="results/figures/fig3.pdf",
         png=report(
@@ -115,9 +127,10 @@ rule figure3:
         runtime=5,
     params:
         code=CODE["figures"],
-        stats_dir=lambda w, input: Path(input.stats[0]).parent,
+        stats_dir=lambda w, input: Path(input.stats[0]).parent if input.stats else ".",
         models=as_json(config["stats"]),
+        panels=as_json(FIGURES.get("fig3") or {}),
     shell:
         "python -m mrsflow figure3 --metabolites {input.metabolites:q}"
         " --stats-dir {params.stats_dir:q} --models {params.models:q}"
-        " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
+        " --panels {params.panels:q} --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
