@@ -46,7 +46,8 @@ def run(tmp_path_factory):
     raw = base / "raw"
     (raw / "phenotype").mkdir(parents=True)
     (raw / "participants.tsv").write_text(
-        "participant_id\tgroup\tage\tsex\nsub-hc01\tHC\t30\tF\nsub-cud01\tCUD\t35\tM\n")
+        "participant_id\tgroup\tage\tsex\tcocaine_g_per_week\tcocaine_years\n"
+        "sub-hc01\tHC\t30\tF\tn/a\tn/a\nsub-cud01\tCUD\t35\tM\t4.5\t8\n")
     (raw / "sessions.tsv").write_text("participant_id\tsession\tdrug\tperiod\n"
                                       "sub-hc01\tses-1\tnone\t1\nsub-cud01\tses-1\tplacebo\t1\n")
     lines = ["participant_id\tsession\tfilm\tacq\tmrs\twater\tt1w"]
@@ -128,8 +129,8 @@ def test_statistics_skipped_with_reasons_and_figures_drawn(run):
 def test_mrsinmrs_matches_the_files_and_the_config(run):
     rows = _table(run / "report" / "mrsinmrs.tsv")
     v = dict(zip(rows["item"], rows["value"], strict=True))
-    assert v["Echo time (TE)"].startswith("35 ms (2 scans); 30 ms (1 scans)")
+    assert v["Echo time (TE)"].startswith("30 ms (1 scan); 35 ms (2 scans)")
     assert v["Number of transients (averages) per spectrum"] == (
-        "64 (raw header) (2 scans); 48 (raw header) (1 scans)")
+        "48 (raw header) (1 scan); 64 (raw header) (2 scans)")
     assert v["Volume of interest location"].startswith("posterior cingulate cortex;")
     assert "press_te35: TE1/TE2 12/23 ms" in v["Pulse sequence"]

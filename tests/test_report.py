@@ -162,11 +162,11 @@ def test_mrsinmrs_per_protocol_averages_from_raw_headers_and_region_from_config(
     t = report.mrsinmrs_table(headers, cfg, fits=fits, metabolites=_metabolites(),
                               reporting={"voi_location": "left nucleus accumbens"})
     v = dict(zip(t["item"], t["value"], strict=True))
-    assert v["Echo time (TE)"] == ("30 ms (1 scans); 35 ms (1 scans) (config protocols: b 30 ms, "
+    assert v["Echo time (TE)"] == ("30 ms (1 scan); 35 ms (1 scan) (config protocols: b 30 ms, "
                                    "te35 35 ms)")
     assert "b: TE1/TE2 12/18 ms; te35: TE1/TE2 12/23 ms" in v["Pulse sequence"]
     assert v["Number of transients (averages) per spectrum"] == (
-        "64 (raw header) (1 scans); 48 (raw header) (1 scans)")
+        "64 (raw header) (1 scan); 48 (raw header) (1 scan)")
     assert v["Volume of interest location"].startswith("posterior cingulate cortex;")
 
 

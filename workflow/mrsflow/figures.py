@@ -509,12 +509,17 @@ def _scan_spectrum(nii, fit: Mapping, grid_ppm: np.ndarray) -> np.ndarray:
 
 
 def _typical_fit(nii, fit: Mapping, basis_dir, fitting: Mapping):
-    """Refit the scan with the builtin fitter to draw its model (same settings as the fit
-    rule); returns ppm, data, fit, baseline (real parts, divided by the water amplitude)."""
+    """Refit the scan with the builtin fitter to draw its model (same settings and basis set
+    as its fit); returns ppm, data, fit, baseline (real parts, divided by the water
+    amplitude)."""
     from mrsflow import fit as fitmod
     from mrsflow.basis import read_fsl_basis
 
     fid, dwell, f0, _ = fitmod.read_nifti_mrs(nii)
+    # the basis set the scan was fitted with (its protocol's), as its fit JSON records it
+    own = ((fit.get("extra") or {}).get("inputs") or {}).get("basis")
+    if own and Path(own).is_dir():
+        basis_dir = own
     res = fitmod.fit_spectrum(
         fid, dwell, f0, read_fsl_basis(basis_dir),
         ppm_range=tuple(fitting.get("ppm_range", (0.2, 4.2))),

@@ -115,7 +115,7 @@ def _unique(values: Iterable[Any]) -> str:
         counts[key] = counts.get(key, 0) + 1
     if len(counts) == 1:
         return next(iter(counts))
-    return "; ".join(f"{k} ({n} scans)" for k, n in counts.items())
+    return "; ".join(f"{k} ({n} scan{'s' * (n != 1)})" for k, n in counts.items())
 
 
 def _row(section: int, item: str, value: Any, source: str) -> dict:
@@ -194,7 +194,8 @@ def mrsinmrs_table(
     workflow config (sequence, fitting, quantify, qc, segment; twin for the planned location);
     ``qc``/``fits``: the per-scan ``*_desc-qc.json`` / ``*_desc-fit.json``; ``metabolites`` and
     ``exclusions``: the study tables; ``basis_meta``: a basis JSON (its ``meta`` and ``seq``);
-    ``reporting``: ``config/verification.yaml`` block with what headers lack (voi_location).
+    ``reporting``: optional overrides of what the headers lack (voi_location; normally from
+    the config's report.voi_location).
     """
     if not headers:
         raise InputError("MRSinMRS: no converted spectra given")
@@ -239,8 +240,8 @@ def mrsinmrs_table(
                      f"{src_h}: ProtocolName; basis set metadata; config sequence/protocols "
                      "(the TE1/TE2 split of PRESS is not in the headers)"))
     centres = np.array([h["centre_mm"] for h in headers], float)
-    loc = (config.get("report") or {}).get("voi_location") or reporting.get(
-        "voi_location", "not given (config report.voi_location)")
+    loc = ((config.get("report") or {}).get("voi_location") or reporting.get("voi_location")
+           or "not given (config report.voi_location)")
     parts = [f"{loc}; voxel centre (scanner x, y, z in mm, mean ± SD over {len(centres)} "
              "scans): " + ", ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(
                  centres.mean(0), centres.std(0, ddof=1) if len(centres) > 1 else [0.0] * 3,
@@ -251,7 +252,7 @@ def mrsinmrs_table(
         parts.append(f"planned at MNI {tuple(twin_vox['mni_centre_mm'])} mm, jitter "
                      f"{twin_vox['jitter_mm']} mm SD per session (synthetic twin)")
     rows.append(_row(2, "Volume of interest location", "; ".join(parts),
-                     "NIfTI-MRS affine (qform); config/verification.yaml reporting.voi_location"))
+                     "NIfTI-MRS affine (qform); config report.voi_location"))
     sizes = [tuple(round(s, 1) for s in h["size_mm"]) for h in headers]
     rows.append(_row(2, "Nominal VOI size",
                      _unique(f"{s[0]:g} x {s[1]:g} x {s[2]:g} mm ({np.prod(s) / 1000:.2f} mL)"

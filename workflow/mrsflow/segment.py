@@ -946,8 +946,20 @@ def voxel_page_row(bg: OverlayBackground, mrs_affine: np.ndarray, *,
             pd.text(xy, txt, fill="white", font=small, anchor=anchor)
         panels.append((name, panel))
 
-    pad, head, label_h, foot = 10, (24 if title else 6), 18, 22
+    caption = "neurological convention (subject's left on image left); MRS voxel in yellow"
+    if fractions is not None:
+        f = fractions
+        caption += f"; GM {f['f_gm']:.2f}  WM {f['f_wm']:.2f}  CSF {f['f_csf']:.2f}"
+        if gm is not None:
+            caption += " (GM edge cyan)"
+    pad, head, label_h = 10, (24 if title else 6), 18
     width = sum(pn.width for _, pn in panels) + pad * (len(panels) + 1)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [caption]
+    if measure.textlength(caption, font=small) > width - 2 * pad:  # a narrow T1: two lines
+        first, _, rest = caption.partition("; ")
+        lines = [first, rest]
+    foot = 6 + 16 * len(lines)
     height = head + label_h + max(pn.height for _, pn in panels) + foot
     page = Image.new("RGB", (width, height), "black")
     draw = ImageDraw.Draw(page)
@@ -959,13 +971,9 @@ def voxel_page_row(bg: OverlayBackground, mrs_affine: np.ndarray, *,
                   anchor="ms")
         page.paste(pn, (x, head + label_h))
         x += pn.width + pad
-    caption = "neurological convention (subject's left on image left); MRS voxel in yellow"
-    if fractions is not None:
-        f = fractions
-        caption += f"; GM {f['f_gm']:.2f}  WM {f['f_wm']:.2f}  CSF {f['f_csf']:.2f}"
-        if gm is not None:
-            caption += " (GM edge cyan)"
-    draw.text((width / 2, height - 5), caption, fill="white", font=small, anchor="ms")
+    for i, line in enumerate(reversed(lines)):
+        draw.text((width / 2, height - 5 - 16 * i), line, fill="white", font=small,
+                  anchor="ms")
     return page
 
 

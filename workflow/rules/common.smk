@@ -135,6 +135,10 @@ def basis_dir(name):
     return f"results/basis/{name}"
 
 
+# the basis sets of the protocols in use (the first is what study-level rules describe)
+USED_BASES = [basis_dir(n) for n in USED_PROTOCOLS]
+
+
 def protocol_sequence(name):
     """The `sequence`-style block of a protocol (what the basis rule simulates)."""
     return {k: v for k, v in PROTOCOLS[name].items() if k != "te_ms"}

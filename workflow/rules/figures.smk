@@ -32,7 +32,7 @@ rule figure1:
         converted=participant_dirs("convert"),
         preprocessed=participant_dirs("preprocess"),
         fitted=participant_dirs("fit"),
-        basis=BASIS_DIR,
+        bases=USED_BASES,
     output:
         pdf="results/figures/fig1.pdf",
         png=report(
@@ -54,6 +54,7 @@ rule figure1:
     params:
         code=CODE["figures"],
         stats_dir=lambda w, input: Path(input.stats[0]).parent if input.stats else ".",
+        basis=lambda w, input: input.bases[0],
         voxel_xfm=" ".join(shlex.quote(x) for x, _ in PLACED),
         mrs=" ".join(shlex.quote(m) for _, m in PLACED),
         spectra=" ".join(shlex.quote(p) for p in all_scan_files("metab")),
@@ -63,7 +64,7 @@ rule figure1:
         panels=as_json(FIGURES.get("fig1") or {}),
     shell:
         "python -m mrsflow figure1 --metabolites {input.metabolites:q}"
-        " --stats-dir {params.stats_dir:q} --basis-dir {input.basis:q}"
+        " --stats-dir {params.stats_dir:q} --basis-dir {params.basis:q}"
         " --voxel-xfm {params.voxel_xfm} --voxel-mrs {params.mrs}"
         " --spectra {params.spectra} --fits {params.fits}"
         " --models {params.models:q} --fitting {params.fitting:q} --panels {params.panels:q}"

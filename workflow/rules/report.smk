@@ -163,7 +163,7 @@ rule mrsinmrs:
         fitted=participant_dirs("fit"),
         metabolites="results/tables/metabolites.tsv",
         exclusions="results/tables/exclusions.tsv",
-        basis=BASIS_DIR,
+        bases=USED_BASES,
         verification=VERIFICATION_YAML,
     output:
         tsv="results/report/mrsinmrs.tsv",
@@ -210,7 +210,7 @@ rule mrsinmrs:
                 "fit": f"{FIT}_desc-fit.json",
             }
         ),
-        basis_json=f"{BASIS_DIR}/{basis_entries()[0]}.json",
+        basis_json=f"{USED_BASES[0]}/{basis_entries()[0]}.json",
         snakemake_version=SNAKEMAKE_VERSION,
     shell:
         "python -m mrsflow report-mrsinmrs --raw-dir {params.raw_dir:q}"
