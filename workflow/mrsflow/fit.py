@@ -154,7 +154,7 @@ import numpy as np
 from scipy import linalg, optimize
 from scipy.interpolate import BSpline, make_interp_spline
 
-from mrsflow import __version__, qcpage
+from mrsflow import __version__, qc, qcpage
 from mrsflow.basis import Basis, read_fsl_basis
 from mrsflow.errors import InputError
 
@@ -2025,8 +2025,13 @@ def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, par
         )
         if p.get("protocol"):
             d.setdefault("extra", {})["protocol"] = p["protocol"]
+        arrays = _fsl_plot_arrays(out_dir, fid, dwell, f0, centre, d)
+        if _finite(d.get("noise_sd")) and np.all(np.isfinite(arrays["fit"])):
+            d.setdefault("extra", {})["fit_qc"] = qc.fit_qc(
+                arrays["ppm"], arrays["data"], arrays["fit"], arrays["baseline"],
+                float(d["noise_sd"]))
         d = write_result(d, out_json, out_tsv)
-        return d, _fsl_plot_arrays(out_dir, fid, dwell, f0, centre, d)
+        return d, arrays
     res = fit_spectrum(
         fid,
         dwell,
@@ -2051,6 +2056,9 @@ def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, par
         )
     if p.get("protocol"):
         res.extra["protocol"] = p["protocol"]
+    # does the model leave only noise? (mrsflow.qc.fit_qc; the QC rules read it)
+    res.extra["fit_qc"] = qc.fit_qc(res.ppm, res.data, res.fit, res.baseline_spec,
+                                    res.noise_sd)
     res.extra["inputs"] = {
         "metab": str(metab_nii),
         "water": None if water_nii is None else str(water_nii),

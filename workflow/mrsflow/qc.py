@@ -71,6 +71,7 @@ measured with the same function on the noiseless spectrum, so the definitions ag
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -417,3 +418,51 @@ def peak_ppm_position(
         if den < 0:
             off = 0.5 * (a - c) / den
     return float(ppm[k] + off * (ppm[1] - ppm[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# QC of a fit: does the model explain the spectrum?
+# ---------------------------------------------------------------------------------------------
+#: where a fit's residual must be noise: the metabolite region of a short-TE spectrum
+FIT_QC_PPM: Window = (1.8, 4.0)
+#: the scale of residual structure looked for (a missed or misfitted line, ~0.1 ppm wide)
+RESIDUAL_SMOOTH_PPM = 0.1
+
+
+def fit_qc(ppm: np.ndarray, data: np.ndarray, model: np.ndarray, baseline: np.ndarray,
+           noise_sd: float, *, region: Window = FIT_QC_PPM,
+           smooth_ppm: float = RESIDUAL_SMOOTH_PPM) -> dict:
+    """Whether a fit leaves only noise: numbers from the phase-corrected fit-range spectra
+    (complex ``data``, ``model`` incl. the baseline, ``baseline``; ``noise_sd`` = SD of one
+    real component of the noise, as the fitter estimates it).
+
+    - ``residual_structure``: RMS of the real residual smoothed by a moving average of
+      ``smooth_ppm`` (k points) over ``region``, divided by noise_sd / sqrt(k), what smoothed
+      white noise gives: ~1 for a residual that is noise; a missed line, a wrong lineshape or
+      an unexplained hump shows as a value of several.
+    - ``residual_max``: the largest |smoothed residual| in ``region`` in the same units.
+    - ``baseline_excursion``: peak-to-peak of the real baseline over the fit range divided by
+      the height of the tallest metabolite line (model minus baseline) in ``region``: a
+      baseline that has taken up metabolite-sized signal.
+    """
+    ppm = np.asarray(ppm, float)
+    order = np.argsort(ppm)
+    ppm = ppm[order]
+    data, model, baseline = (np.asarray(x)[order] for x in (data, model, baseline))
+    resid = np.real(data - model)
+    sel = (ppm >= min(region)) & (ppm <= max(region))
+    step = float(np.median(np.diff(ppm))) if ppm.size > 1 else 1.0
+    k = max(1, int(round(smooth_ppm / step)))
+    smooth = np.convolve(resid, np.ones(k) / k, mode="same")
+    scale = noise_sd / math.sqrt(k) if noise_sd and noise_sd > 0 else float("nan")
+    rs = smooth[sel]
+    lines = np.real(model - baseline)[sel]
+    height = float(np.max(lines)) if lines.size else float("nan")
+    base = np.real(baseline)
+    return {
+        "residual_structure": float(np.sqrt(np.mean(rs**2)) / scale) if rs.size else math.nan,
+        "residual_max": float(np.max(np.abs(rs)) / scale) if rs.size else math.nan,
+        "baseline_excursion": float(np.ptp(base) / height) if height > 0 else math.nan,
+        "region_ppm": [float(min(region)), float(max(region))],
+        "smooth_ppm": smooth_ppm,
+    }

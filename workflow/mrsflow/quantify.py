@@ -33,6 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 WATER_MOLALITY_MM = 55_510.0  # mmol/kg, pure water
+#: combined entries of the fit (mrsflow.fit.COMBINATIONS): their concentration is the sum of
+#: the members' (each with its own relaxation correction)
+COMBINED = {"tCr": ("Cr", "PCr"), "tNAA": ("NAA", "NAAG"), "tCho": ("GPC", "PCh"),
+            "Glx": ("Glu", "Gln")}
 WATER_PROTONS = 2
 TISSUES = ("gm", "wm", "csf")
 
@@ -45,7 +49,9 @@ class QuantParams:
     Wansapura et al. 1999 (JMRI 9:531) and CSF from Lu et al. 2005 (JMRI 22:13); water T2 GM/WM
     110/80 ms (Wansapura 1999) and CSF 503 ms (Piechnik et al. 2009, MRM 61:579); metabolite T1
     1400 ms (Mlynarik et al. 2001, NMR Biomed 14:325, NAA/Cr/Cho 1.3-1.5 s) and T2 160 ms,
-    overridable per metabolite.
+    overridable per metabolite (the config sets measured 3 T values: NAA 226, tCr 137, tCho
+    207 ms in GM, Zaaraoui et al. 2007, MRM 57:983; Glu, Gln, Ins 165 ms, Choi et al. 2010,
+    ISMRM 18:3330).
     """
 
     water_content: Mapping[str, float] = field(
@@ -252,6 +258,11 @@ def scan_rows(
         if water and water > 0
         else {n: (math.nan, math.nan) for n in amps}
     )
+    # a combination (tCr = Cr + PCr, ...) is the sum of its members' concentrations, each
+    # corrected with its own relaxation times
+    for name, members in COMBINED.items():
+        if name in conc and all(m in conc for m in members):
+            conc[name] = tuple(sum(conc[m][i] for m in members) for i in (0, 1))
     rows = []
     for name, e in entries.items():
         molal, molar = conc[name]

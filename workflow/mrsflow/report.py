@@ -334,7 +334,10 @@ def mrsinmrs_table(
                      f"{_fmt_map(q.get('water_t1_ms'))} ms, T2 "
                      f"{_fmt_map(q.get('water_t2_ms'))} ms; metabolite T1 "
                      f"{q.get('metabolite_t1_ms', 'NA')} ms, T2 {q.get('metabolite_t2_ms', 'NA')}"
-                     " ms; metabolites assumed absent from CSF",
+                     " ms" + "".join(
+                         f", {name} T2 {v['t2_ms']:g} ms" for name, v in
+                         (q.get("metabolite_overrides") or {}).items() if "t2_ms" in v)
+                     + "; metabolites assumed absent from CSF",
                      "config quantify; mrsflow.quantify"))
 
     # 4. data quality

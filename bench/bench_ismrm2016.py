@@ -1,0 +1,150 @@
+"""Accuracy on spectra the project did not make: the ISMRM 2016 fitting challenge.
+
+Fits the challenge's spectra (a folder given on the command line; default the shared one)
+with the builtin fitter and
+
+- ``own``: the project's own simulated basis for the challenge's sequence (PRESS TE 11 + 19
+  ms, 123.2 MHz, 4000 Hz, 2048 points; the config's metabolites and macromolecule model) and
+  the config's fitting defaults: what every user gets;
+- ``challenge``: the challenge's own basis (measured macromolecules, Mac.txt),
+
+water-scales each by the challenge's formula and prints, per dataset, Glu, tNAA, tCr, Ins and
+tCho beside what LCModel 6.3 and FSL-MRS 2.4 report (anchors.tsv), how many datasets fall
+inside the anchors' range or within 10 % of the nearer anchor, and the Cr test (dataset 0;
+exact-area answer 10.82 mM).
+
+    python bench/bench_ismrm2016.py [FOLDER] [--basis own|challenge|both] [--baseline ...]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+from _ismrm2016 import (  # noqa: E402  (bench/ is on sys.path)
+    ANCHOR_NAMES,
+    CENTRE_PPM,
+    DEFAULT,
+    DWELL_S,
+    F0_MHZ,
+    NPOINTS,
+    TE1_MS,
+    TE2_MS,
+    anchors,
+    challenge_basis,
+    concentration,
+    datasets,
+)
+from _machine import cpu_model  # noqa: E402
+
+from mrsflow import basis as B  # noqa: E402
+from mrsflow import fit as F  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTED = ("Glu", "tNAA", "tCr", "Ins", "tCho")
+CR_TEST_MM = 10.82
+
+
+def own_basis(cfg: dict) -> B.Basis:
+    """The project's basis (config metabolites + macromolecules) simulated for the challenge."""
+    seq = B.Sequence(F0_MHZ, TE1_MS, TE2_MS, DWELL_S, NPOINTS, centre_ppm=CENTRE_PPM)
+    names = list(cfg["basis"]["metabolites"])
+    mms = list(cfg["basis"]["macromolecules"])
+    fids = B.simulate_basis(seq, names, mms)
+    return B.Basis(list(fids), np.vstack(list(fids.values())), DWELL_S, F0_MHZ, CENTRE_PPM,
+                   TE1_MS + TE2_MS)
+
+
+def fit_all(data: dict, basis: B.Basis, fitting: dict) -> dict[int, dict[str, float]]:
+    """{dataset: {name: mM}} (basis entries and combinations) and the seconds per fit."""
+    out, times = {}, []
+    for n, (metab, water) in data.items():
+        t0 = time.perf_counter()
+        res = F.fit_spectrum(metab, DWELL_S, F0_MHZ, basis,
+                             ppm_range=tuple(fitting["ppm_range"]),
+                             baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
+        times.append(time.perf_counter() - t0)
+        w = F.fit_water(water, DWELL_S, F0_MHZ, centre_ppm=CENTRE_PPM)["amplitude"]
+        d = res.to_dict()
+        conc = {k: concentration(e["amplitude"], w) for k, e in
+                {**d["metabolites"], **d["combined"]}.items()}
+        conc["_fit_quality"] = d["fit_quality"]
+        out[n] = conc
+    return out, float(np.median(times))
+
+
+def within(v: float, lo: float, hi: float, rel: float = 0.10) -> bool:
+    """Inside [lo, hi], or within ``rel`` of the nearer anchor (an anchor of 0: within
+    ``rel`` of the other, absolutely)."""
+    if lo <= v <= hi:
+        return True
+    near = lo if abs(v - lo) <= abs(v - hi) else hi
+    return abs(v - near) <= rel * (abs(near) if near else max(abs(hi), abs(lo)))
+
+
+def report(name: str, conc: dict, anchor_table, seconds: float) -> dict[str, int]:
+    """Print the comparison; return {metabolite: datasets inside the anchors (or 10 %)}."""
+    a = anchor_table.set_index(["dataset", "metabolite"])
+    print(f"\n== {name} basis: median {seconds:.3f} s per fit")
+    print("dataset " + " ".join(f"{m:>22}" for m in REPORTED) + "   fitQ")
+    hits = dict.fromkeys(REPORTED, 0)
+    n_sets = 0
+    for n, c in conc.items():
+        if n == 0:
+            continue
+        n_sets += 1
+        cells = []
+        for m in REPORTED:
+            lo_hi = [a.loc[(n, ANCHOR_NAMES[m]), k] for k in ("lcmodel_mM", "fslmrs_mM")]
+            lo, hi = min(lo_hi), max(lo_hi)
+            v = c[m]
+            ok = within(v, lo, hi)
+            hits[m] += ok
+            cells.append(f"{v:6.2f} [{lo:5.2f}-{hi:5.2f}]{'*' if ok else ' '}")
+        print(f"{n:7d} " + " ".join(f"{x:>22}" for x in cells) + f"  {c['_fit_quality']:5.2f}")
+    print("inside the anchors or within 10 % (*): "
+          + ", ".join(f"{m} {hits[m]}/{n_sets}" for m in REPORTED))
+    if 0 in conc:
+        cr = conc[0]["tCr"]
+        print(f"Cr test: tCr {cr:.3f} mM (exact-area answer {CR_TEST_MM}; "
+              f"{100 * (cr / CR_TEST_MM - 1):+.2f} %)")
+    return hits, n_sets
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--basis", choices=["own", "challenge", "both"], default="both")
+    ap.add_argument("--baseline", help="override the config's fitting baseline")
+    a = ap.parse_args(argv)
+    folder = Path(a.folder)
+    if not (folder / "datasets_text").is_dir():
+        print(f"{folder}: no challenge data (datasets_text/) here: nothing to do")
+        return 0
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    fitting = dict(cfg["fitting"])
+    if a.baseline:
+        fitting["baseline"] = a.baseline
+    print(f"machine: {cpu_model()}; fitting {fitting['ppm_range']} ppm, baseline "
+          f"'{fitting['baseline']}'")
+    data, table = datasets(folder), anchors(folder)
+    if a.basis in ("own", "both"):
+        conc, sec = fit_all(data, own_basis(cfg), fitting)
+        report("own (config)", conc, table, sec)
+    if a.basis in ("challenge", "both"):
+        conc, sec = fit_all(data, challenge_basis(folder), fitting)
+        report("challenge", conc, table, sec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
