@@ -1,7 +1,8 @@
 """The shared real Philips exports (../shared/reference/osprey-philips-press, skipped where
 absent) as one small study, the way a lab's raw folder really comes: two TE 35 spectra
-without a T1, one TE 30 spectrum with a NIfTI T1 (skull-stripped, scanner space), one
-participant per group, the files named by absolute path where they are
+without a T1, one TE 30 spectrum with a NIfTI T1 (skull-stripped, scanner space) and its
+metabolite-nulled scan (the protocol's measured macromolecule spectrum), one participant per
+group, the files named by absolute path where they are
 (data.allow_outside_raw). The whole workflow runs: two protocols in one run (one basis
 each), tissue fractions from the T1 for one scan and from the default for the others (and
 every row says which), the voxel placed where Osprey's example shows it, statistics that
@@ -60,8 +61,13 @@ def run(tmp_path_factory):
             f"{p}\tses-1\t{f}\t{t}\t{v}\n" for p in ("sub-hc01", "sub-cud01")
             for f, t, v in (("neutral", "pre", 5), ("neutral", "post", 6),
                             ("cocaine", "pre", 5), ("cocaine", "post", 20))))
+    inverted = f"{MMDATA}/mrs/sub-01_ses-01_press-inverted{{}}/" \
+               "sub-01_ses-01_PRESS-Inverted_TI-600_raw-{}_noID.SDAT"
+    mm_scan = {"mrs": str(OSPREY / inverted.format("", "act")),
+               "water": str(OSPREY / inverted.format("_ref", "ref"))}
     cfg = {"data": {"source": "sheets", "raw_dir": str(raw), "allow_outside_raw": True},
-           "sequence": SEQUENCE,
+           # the TE 30 protocol with its metabolite-nulled scan: a measured MM spectrum
+           "sequence": {**SEQUENCE, "mm": {"scans": [mm_scan]}},
            "protocols": {"press_te35": {**SEQUENCE, "te2_ms": 23.0}},
            "report": {"voi_location": "posterior cingulate cortex"}}
     (base / "study.yaml").write_text(yaml.safe_dump(cfg))
@@ -86,6 +92,11 @@ def test_two_protocols_each_with_its_own_basis_and_te(run):
     assert proto.loc[("sub-cud01", "neutral"), "te_ms"] == 30
     for name in ("press_te30_127p8", "press_te35"):
         assert (run / "basis" / name / "NAA.json").is_file()
+    # TE 30 has its measured MM spectrum (the metabolite-nulled scan), TE 35 the default
+    assert (run / "basis" / "press_te30_127p8" / "MM.json").is_file()
+    assert not (run / "basis" / "press_te30_127p8" / "MM09.json").exists()
+    assert (run / "basis" / "press_te35" / "MM09.json").is_file()
+    assert (run / "basis" / "press_te30_127p8_mm.png").is_file()
     te35_fit = json.loads(next((run / "fit" / "sub-hc01").rglob("*neutral_desc-fit.json"))
                           .read_text())
     assert te35_fit["extra"]["protocol"]["te_ms"] == 35

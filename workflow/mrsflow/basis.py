@@ -697,13 +697,40 @@ def sequence_from_config(config: dict) -> Sequence:
     )
 
 
-def run_basis(config: dict, outdir, png) -> list[Path]:
-    """Simulate the configured basis, write ``outdir/<name>.json`` each, and the PNG."""
+def is_parametrised_mm(name: str) -> bool:
+    """The parametrised MM entries (MM09, MM12, ...) a measured MM spectrum replaces."""
+    return name.startswith("MM") and name[2:].isdigit()
+
+
+def read_measured_mm(path, seq: Sequence) -> np.ndarray:
+    """A measured MM spectrum (NIfTI-MRS, one FID, from :mod:`mrsflow.mm`) on the basis
+    grid: same dwell time required, truncated or zero-filled to the basis' points."""
+    from mrsflow import nmrs
+
+    data, _, _, dwell, _ = nmrs.read(Path(path))
+    fid = np.asarray(data).reshape(-1)
+    if abs(dwell - seq.dwell_s) > 1e-9 * seq.dwell_s:
+        raise ValueError(f"{path}: the MM spectrum's dwell time {dwell:g} s differs from the "
+                         f"protocol's {seq.dwell_s:g} s")
+    out = np.zeros(seq.npoints, dtype=complex)
+    n = min(seq.npoints, fid.size)
+    out[:n] = fid[:n]
+    return out
+
+
+def run_basis(config: dict, outdir, png, mm_nii=None) -> list[Path]:
+    """Simulate the configured basis, write ``outdir/<name>.json`` each, and the PNG. With
+    ``mm_nii`` (a measured MM spectrum, :mod:`mrsflow.mm`) it replaces the parametrised MM
+    entries as one entry ``MM``; the lipid entries stay."""
     seq = sequence_from_config(config)
-    fids = simulate_basis(
-        seq, list(config.get("metabolites", [])), list(config.get("macromolecules", []))
-    )
+    mms = list(config.get("macromolecules", []))
+    if mm_nii is not None:
+        mms = [n for n in mms if not is_parametrised_mm(n)]
+    fids = simulate_basis(seq, list(config.get("metabolites", [])), mms)
     meta = {"platform": platform.python_implementation() + " " + platform.python_version()}
+    if mm_nii is not None:
+        fids["MM"] = read_measured_mm(mm_nii, seq)
+        meta["measured_mm"] = str(mm_nii)
     paths = write_fsl_basis(outdir, fids, seq, meta=meta)
     basis = Basis(
         names=list(fids),

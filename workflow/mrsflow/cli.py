@@ -23,7 +23,14 @@ def _json(text: str):
 def _basis(a: argparse.Namespace) -> None:
     from mrsflow import basis
 
-    basis.run_basis({**a.sequence, **a.basis}, Path(a.outdir), Path(a.png))
+    basis.run_basis({**a.sequence, **a.basis}, Path(a.outdir), Path(a.png),
+                    mm_nii=Path(a.mm) if a.mm else None)
+
+
+def _mm_spectrum(a: argparse.Namespace) -> None:
+    from mrsflow import mm
+
+    mm.run_mm(a.mm, a.raw_dir, a.out, a.png, params=a.params)
 
 
 def _twin_sheets(a: argparse.Namespace) -> None:
@@ -230,7 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--basis", type=_json, required=True, help="config 'basis' as JSON")
     p.add_argument("--outdir", required=True)
     p.add_argument("--png", required=True)
+    p.add_argument("--mm", help="a measured MM spectrum (NIfTI-MRS, from mm-spectrum)")
     p.set_defaults(func=_basis)
+
+    p = sub.add_parser("mm-spectrum",
+                       help="a protocol's measured MM spectrum (metabolite-nulled scans or file)")
+    p.add_argument("--mm", type=_json, required=True, help="the protocol's 'mm' block as JSON")
+    p.add_argument("--raw-dir", required=True)
+    p.add_argument("--params", type=_json, default={}, help="config 'preprocess' as JSON")
+    p.add_argument("--out", required=True)
+    p.add_argument("--png", required=True)
+    p.set_defaults(func=_mm_spectrum)
 
     p = sub.add_parser("twin-sheets", help="write the twin's sheets (participants, sessions...)")
     p.add_argument("--twin", type=_json, required=True, help="config 'twin' as JSON")

@@ -145,6 +145,7 @@ DEFAULTS: dict = {
     "mc_water_removal": "template",
     "mc_template_tmax_s": 0.1,
     "naa_ref_ppm": NAA_REF_PPM,
+    "naa_reference": True,  # classic: reference and phase on NAA (off for MM scans)
     "sign_ppm": ((1.9, 2.1), (2.95, 3.1), (3.15, 3.3)),
     "timestamp": None,
     "plot": True,
@@ -922,9 +923,11 @@ def preprocess_classic(
     hl_info["ppm_window"] = list(p["hlsvd_ppm"])
     hl_info["residual_water_before"] = resid_before
     hl_info["residual_water_after"] = _residual_water_level(metab, water_height, dwell_s, f0_mhz)
-    # NAA referencing + zero-order phase on NAA (two passes: the second with the peak centred)
+    # NAA referencing + zero-order phase on NAA (two passes: the second with the peak centred);
+    # off for a metabolite-nulled (macromolecule) scan, which has no NAA line: its water
+    # reference has already set its frequency and (ECC) its phase
     dn, phi_naa = 0.0, 0.0
-    for _ in range(2):
+    for _ in range(2 if p["naa_reference"] else 0):
         phi = qc.autophase(metab, dwell_s, f0_mhz, peak_ppm=qc.NAA_PPM)
         metab = metab * np.exp(1j * phi)
         naa_now = qc.peak_ppm_position(metab, dwell_s, f0_mhz, peak_ppm=qc.NAA_PPM, use="real")
@@ -932,10 +935,12 @@ def preprocess_classic(
         metab = shift_hz(metab, step, dwell_s)
         dn += step
         phi_naa += phi
-    prov.append((
-        "Frequency shift", f"NAA referenced to {p['naa_ref_ppm']} ppm (shift {dn:.4f} Hz)"
-    ))
-    prov.append(("Zero-order phase correction", f"NAA auto-phase {np.rad2deg(phi_naa):.3f} deg"))
+    if p["naa_reference"]:
+        prov.append((
+            "Frequency shift", f"NAA referenced to {p['naa_ref_ppm']} ppm (shift {dn:.4f} Hz)"
+        ))
+        prov.append(("Zero-order phase correction",
+                     f"NAA auto-phase {np.rad2deg(phi_naa):.3f} deg"))
     table = _row_table(k, idx, np.ones(k, int), np.zeros(k, int), al, outlier, rejected, zmax, "ws")
     kw = water_rows.shape[0]
     table += _row_table(kw, np.arange(kw), np.ones(kw, int), np.zeros(kw, int), w_alig, w_out,

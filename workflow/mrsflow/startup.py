@@ -36,6 +36,7 @@ RUN_MARKER = Path(".snakemake", "mrsflow-run.json")
 STAGES: Mapping[str, tuple[str, ...]] = {
     "twin": ("twin/generate.py", "twin/anatomy.py", "twin/design.py"),
     "basis": ("basis.py", "data/spin_systems.yaml", "data/macromolecules.yaml"),
+    "mm": ("mm.py",),
     "convert": ("convert.py",),
     "preprocess": ("preprocess.py",),
     "segment": ("segment.py", "register.py"),

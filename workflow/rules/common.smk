@@ -17,7 +17,12 @@ sys.path.insert(0, str(Path(workflow.basedir, "workflow")))
 
 from mrsflow import protocol, startup  # noqa: E402
 from mrsflow.errors import InputError  # noqa: E402
-from mrsflow.sheets import load_study, raw_path, scan_raw_files  # noqa: E402
+from mrsflow.sheets import (  # noqa: E402
+    load_study,
+    raw_path,
+    scan_raw_files,
+    spectrum_files,
+)
 from mrsflow.twin.design import scan_sheet, study_design  # noqa: E402
 
 # Rules run `python -m mrsflow ...`; make the package importable in every job (pip set-up,
@@ -141,7 +146,28 @@ USED_BASES = [basis_dir(n) for n in USED_PROTOCOLS]
 
 def protocol_sequence(name):
     """The `sequence`-style block of a protocol (what the basis rule simulates)."""
-    return {k: v for k, v in PROTOCOLS[name].items() if k != "te_ms"}
+    return {k: v for k, v in PROTOCOLS[name].items() if k not in ("te_ms", "mm")}
+
+
+def measured_mm(wildcards):
+    """A protocol's measured MM spectrum (rule mm_spectrum), if its config block has `mm`."""
+    if TWIN or not PROTOCOLS[wildcards.name].get("mm"):
+        return []
+    return [f"results/basis/{wildcards.name}_mm.nii.gz"]
+
+
+def mm_raw_inputs(wildcards):
+    """The raw files of a protocol's `mm` block: the MM spectrum file, or each
+    metabolite-nulled scan (with its SPAR) and its water reference."""
+    spec = PROTOCOLS[wildcards.name]["mm"]
+    if spec.get("file"):
+        return [str(raw_path(RAW, spec["file"]))]
+    files = set()
+    for scan in spec["scans"]:
+        for col in ("mrs", "water"):
+            if scan.get(col):
+                files.update(str(p) for p in spectrum_files(raw_path(RAW, scan[col])))
+    return sorted(files)
 
 
 # the MNI152 template prepared once for every T1 -> MNI registration (mrsflow.register)
