@@ -618,8 +618,9 @@ def figure1(
                       for g in GROUPS}
             sf_a.suptitle(
                 r"$\mathbf{a}$   "
-                f"MRS voxel placement in MNI152 space: {ov['n_participants']} participants "
-                f"(HC {n_by_g['HC']}, CUD {n_by_g['CUD']}), {ov['n_scans']} QC-passing scans; "
+                f"MRS voxel placement in MNI152 space: {ov['n_participants']} participant"
+                f"{'s' * (ov['n_participants'] != 1)} (HC {n_by_g['HC']}, CUD {n_by_g['CUD']}), "
+                f"{ov['n_scans']} QC-passing scan{'s' * (ov['n_scans'] != 1)}; "
                 f"centre of mass ({', '.join(fmt_num(v, 1) for v in ov['com_mni'])}) mm",
                 x=0.0, ha="left", fontsize=7)
         else:
