@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, snakemake_with_override
 from scipy import stats as sps
 
 from mrsflow import cli, nmrs
@@ -500,11 +500,9 @@ def test_figure_rules_take_their_models_from_the_config(tmp_path):
                               "name": "glu_welch_v2"}]},
         "figures": {"fig1": {"baseline": {"model": "glu_welch_v2"}}},
     }
-    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
-    proc = snakemake("results/figures/fig1.pdf", "results/figures/fig2.pdf",
-                     "results/figures/fig3.pdf", "-n", "-p", "--forceall", "-d", str(tmp_path),
-                     "-s", str(ROOT / "Snakefile"), "--configfile",
-                     str(ROOT / "config" / "config.yaml"), str(tmp_path / "override.yaml"))
+    proc = snakemake_with_override(tmp_path, override, "results/figures/fig1.pdf",
+                                   "results/figures/fig2.pdf", "results/figures/fig3.pdf",
+                                   "-n", "-p", "--forceall")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "results/stats/glu_welch_v2.tsv" in out

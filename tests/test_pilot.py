@@ -11,25 +11,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, snakemake
+from conftest import ROOT, snakemake_with_override
 
 
 @pytest.mark.slow
 def test_pilot_twin_runs_to_figures_and_verification(tmp_path):
     override = {"twin": {"n_cud": 1, "n_hc": 1}}
-    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
-    proc = snakemake(
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--configfile",
-        str(ROOT / "config" / "config.yaml"),
-        str(tmp_path / "override.yaml"),
-        "--cores",
-        "2",
-        timeout=900,
-    )
+    proc = snakemake_with_override(tmp_path, override, "--cores", "2", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = tmp_path / "results"
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

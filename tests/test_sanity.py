@@ -191,7 +191,7 @@ def real_scans(tmp_path_factory):
     for i, (act, ref) in enumerate(PAIRS):
         a = convert.convert_spectrum(REFERENCE / act, out / f"a{i}_svs.nii.gz", acq="ws")
         w = convert.convert_spectrum(REFERENCE / ref, out / f"w{i}_svs.nii.gz", acq="ws")
-        rows, wrows, dwell, f0, *_ = P._read_inputs(a, w, "classic")
+        rows, wrows, dwell, f0, *_ = P.read_inputs(a, w, "classic")
         scans.append((rows, wrows, dwell, f0))
     return scans
 

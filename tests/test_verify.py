@@ -294,23 +294,20 @@ def test_verification_yaml_names_rows_of_the_configured_models():
         verify.planted_effect(cfg["twin"], f["planted"])
 
 
-def test_run_recovery_end_to_end(tmp_path):
-    """run_recovery on a tiny study with one Welch model: files, truth estimate exact."""
-    rng = np.random.default_rng(1)
-    groups = ["CUD"] * 4 + ["HC"] * 4
-    true = 10 + rng.normal(0, 0.5, 8)
-    est = true * (1 + rng.normal(0, 0.01, 8))
-    rec = pd.DataFrame(_rec_rows(list(true), list(est), "Glu", groups=groups))
+def _write_recovery_inputs(tmp_path, rec: pd.DataFrame, true: list[float],
+                           groups: list[str]):
+    """The inputs of :func:`verify.run_recovery` for a Glu-only study: ``rec`` (given the
+    constant columns the tables need) as met.tsv, the planted truth, an empty craving table
+    and a one-model (Welch) stats config; returns (truth_dir, stats_cfg, outputs)."""
     for c, v in (("conc_molar", 8.0), ("snr", 30.0), ("linewidth_naa_hz", 7.0),
                  ("linewidth_water_hz", 8.0), ("f_gm", 0.5), ("f_wm", 0.4), ("f_csf", 0.1)):
         rec[c] = v
-    rec["qc_reason"] = ""
     truth_dir = tmp_path / "truth"
     truth_dir.mkdir()
-    pd.DataFrame(_truth_rows(list(true), "Glu", groups)).to_csv(
+    pd.DataFrame(_truth_rows(true, "Glu", groups)).to_csv(
         truth_dir / "concentrations.tsv", sep="\t", index=False)
-    scans = rec[KEYS].assign(snr=30.0, linewidth_hz=7.0, linewidth_water_hz=8.0)
-    scans.to_csv(truth_dir / "scans.tsv", sep="\t", index=False)
+    rec[KEYS].assign(snr=30.0, linewidth_hz=7.0, linewidth_water_hz=8.0).to_csv(
+        truth_dir / "scans.tsv", sep="\t", index=False)
     rec[["participant_id", "session"]].assign(f_gm=0.5, f_wm=0.4, f_csf=0.1).to_csv(
         truth_dir / "tissue.tsv", sep="\t", index=False)
     rec.to_csv(tmp_path / "met.tsv", sep="\t", index=False)
@@ -323,6 +320,18 @@ def test_run_recovery_end_to_end(tmp_path):
     outputs = {k: tmp_path / "rec" / f"{k}.tsv" for k in
                ("concentrations", "summary", "tissue", "quality", "effects")}
     outputs["png"] = tmp_path / "rec" / "recovery.png"
+    return truth_dir, stats_cfg, outputs
+
+
+def test_run_recovery_end_to_end(tmp_path):
+    """run_recovery on a tiny study with one Welch model: files, truth estimate exact."""
+    rng = np.random.default_rng(1)
+    groups = ["CUD"] * 4 + ["HC"] * 4
+    true = 10 + rng.normal(0, 0.5, 8)
+    est = true * (1 + rng.normal(0, 0.01, 8))
+    rec = pd.DataFrame(_rec_rows(list(true), list(est), "Glu", groups=groups))
+    rec["qc_reason"] = ""
+    truth_dir, stats_cfg, outputs = _write_recovery_inputs(tmp_path, rec, list(true), groups)
     out = verify.run_recovery(tmp_path / "met.tsv", tmp_path / "crav.tsv",
                               tmp_path / "part.tsv", truth_dir, stats_cfg, TARGETS, outputs)
     assert all(p.is_file() for p in outputs.values())
@@ -419,27 +428,8 @@ def test_run_recovery_of_a_pilot_reports_skipped_models(tmp_path):
     """One participant per group: the Welch model is skipped in both runs, the recovery
     tables are written, and the effects table carries the skipped row."""
     rec = pd.DataFrame(_rec_rows([10.0, 11.0], [10.1, 10.9], "Glu", groups=["CUD", "HC"]))
-    for c, v in (("conc_molar", 8.0), ("snr", 30.0), ("linewidth_naa_hz", 7.0),
-                 ("linewidth_water_hz", 8.0), ("f_gm", 0.5), ("f_wm", 0.4), ("f_csf", 0.1)):
-        rec[c] = v
-    truth_dir = tmp_path / "truth"
-    truth_dir.mkdir()
-    pd.DataFrame(_truth_rows([10.0, 11.0], "Glu", ["CUD", "HC"])).to_csv(
-        truth_dir / "concentrations.tsv", sep="\t", index=False)
-    rec[KEYS].assign(snr=30.0, linewidth_hz=7.0, linewidth_water_hz=8.0).to_csv(
-        truth_dir / "scans.tsv", sep="\t", index=False)
-    rec[["participant_id", "session"]].assign(f_gm=0.5, f_wm=0.4, f_csf=0.1).to_csv(
-        truth_dir / "tissue.tsv", sep="\t", index=False)
-    rec.to_csv(tmp_path / "met.tsv", sep="\t", index=False)
-    pd.DataFrame(columns=["participant_id", "group", "session", "drug", "period", "film",
-                          "time", "vas"]).to_csv(tmp_path / "crav.tsv", sep="\t", index=False)
-    rec[["participant_id", "group"]].to_csv(tmp_path / "part.tsv", sep="\t", index=False)
-    stats_cfg = {"models": [{"name": "welch", "kind": "welch_t", "table": "metabolites",
-                             "filter": "metabolite == 'Glu' and qc_pass",
-                             "outcome": "conc_molal", "by": "group"}]}
-    outputs = {k: tmp_path / "rec" / f"{k}.tsv" for k in
-               ("concentrations", "summary", "tissue", "quality", "effects")}
-    outputs["png"] = tmp_path / "rec" / "recovery.png"
+    truth_dir, stats_cfg, outputs = _write_recovery_inputs(tmp_path, rec, [10.0, 11.0],
+                                                           ["CUD", "HC"])
     out = verify.run_recovery(tmp_path / "met.tsv", tmp_path / "crav.tsv",
                               tmp_path / "part.tsv", truth_dir, stats_cfg, TARGETS, outputs)
     assert out["effects"]["section"].tolist() == ["skipped"]

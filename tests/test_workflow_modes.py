@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import ROOT, snakemake
+from conftest import snakemake_with_override
 
 
 @pytest.mark.slow
 def test_classic_siemens_twin_through_the_dag(tmp_path):
     override = {"twin": {"n_cud": 2, "n_hc": 2, "mode": "classic", "vendor": "siemens"}}
-    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
-    proc = snakemake(
-        "results/tables/metabolites.tsv",
-        "results/twin/truth/concentrations.tsv",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "-d",
-        str(tmp_path),
-        "--configfile",
-        str(ROOT / "config" / "config.yaml"),
-        str(tmp_path / "override.yaml"),
-        "--cores",
-        "2",
-        timeout=1800,
-    )
+    proc = snakemake_with_override(tmp_path, override, "results/tables/metabolites.tsv",
+                                   "results/twin/truth/concentrations.tsv", "--cores", "2",
+                                   timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     raw = tmp_path / "results" / "twin" / "raw"
     scans = pd.read_csv(raw / "scans.tsv", sep="\t")

@@ -511,13 +511,20 @@ def _copy_nifti_mrs(path: Path, out_nii: Path) -> Path:
         validate_nifti_mrs(path)
     except ValueError as err:
         raise InputError(str(err)) from err
+    return _copy_gzipped(path, out_nii)
+
+
+def _copy_gzipped(src: Path, out_nii: Path) -> Path:
+    """``src`` (.nii or .nii.gz) as the gzipped ``out_nii``: copied byte for byte, or gzipped
+    (level 1) if it is a plain ``.nii``; written beside as a ``.part`` file and renamed, so an
+    interrupted copy never leaves a complete-looking output."""
     out_nii.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_nii.with_name(f".{out_nii.name}.part")
-    if path.name.endswith(".nii.gz"):
-        shutil.copyfile(path, tmp)
+    if src.name.endswith(".gz"):
+        shutil.copyfile(src, tmp)
     else:
-        with open(path, "rb") as src, gzip.open(tmp, "wb", compresslevel=1) as dst:
-            shutil.copyfileobj(src, dst)
+        with open(src, "rb") as fin, gzip.open(tmp, "wb", compresslevel=1) as fout:
+            shutil.copyfileobj(fin, fout)
     os.replace(tmp, out_nii)
     return out_nii
 
@@ -555,14 +562,7 @@ def copy_t1_nifti(src: Path | str, out_nii: Path | str) -> Path:
     aff = img.affine
     if not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-6:
         raise InputError(f"{src}: the T1's affine is not a valid voxel-to-world transform")
-    out_nii.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_nii.with_name(f".{out_nii.name}.part")
-    if src.name.endswith(".gz"):
-        shutil.copyfile(src, tmp)
-    else:
-        with open(src, "rb") as fin, gzip.open(tmp, "wb", compresslevel=1) as fout:
-            shutil.copyfileobj(fin, fout)
-    os.replace(tmp, out_nii)
+    _copy_gzipped(src, out_nii)
     stem = src.name[: -len(".nii.gz")] if src.name.endswith(".nii.gz") else src.name[:-4]
     sidecar = src.with_name(f"{stem}.json")
     if sidecar.is_file():

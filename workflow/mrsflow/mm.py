@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mrsflow.errors import InputError
+from mrsflow.qc import CENTRE_PPM
 
 MM_NAME = "MM"
 MIN_FWHM_HZ = 15.0
@@ -42,10 +43,10 @@ N_POINTS = 1024
 def clean_mm(fid: np.ndarray, dwell_s: float, f0_mhz: float, *,
              min_fwhm_hz: float = MIN_FWHM_HZ, ppm_range=PPM_RANGE,
              n_components: int = N_COMPONENTS, n_points: int = N_POINTS,
-             centre_ppm: float = 4.65) -> tuple[np.ndarray, dict]:
+             centre_ppm: float = CENTRE_PPM) -> tuple[np.ndarray, dict]:
     """The MM spectrum rebuilt from the broad HLSVD components of ``fid`` inside
     ``ppm_range`` (module docstring); returns (FID on the input's time axis, info)."""
-    from mrsflow.preprocess import hlsvd
+    from mrsflow.preprocess import hlsvd, hlsvd_model, time_axis
 
     x = np.asarray(fid, dtype=complex).ravel()
     comp = hlsvd(x, dwell_s, n_components=n_components, n_points=min(n_points, x.size))
@@ -53,10 +54,7 @@ def clean_mm(fid: np.ndarray, dwell_s: float, f0_mhz: float, *,
     fwhm = comp["damping_hz"] / np.pi
     keep = ((ppm >= min(ppm_range)) & (ppm <= max(ppm_range)) & (comp["damping_hz"] > 0)
             & (fwhm >= min_fwhm_hz))
-    t = np.arange(x.size) * dwell_s
-    mm = (comp["amplitude"][keep][None, :] * np.exp(
-        (-comp["damping_hz"][keep][None, :] + 2j * np.pi * comp["freq_hz"][keep][None, :])
-        * t[:, None])).sum(axis=1)
+    mm = hlsvd_model(comp, keep, time_axis(x.size, dwell_s))
     if not keep.any() or not abs(mm[0]) > 0:
         raise InputError("no broad (macromolecule) signal between "
                          f"{min(ppm_range)} and {max(ppm_range)} ppm in the MM spectrum")
@@ -103,7 +101,7 @@ def process_mm_scans(scans: list[Mapping], params: Mapping | None = None
             if mode == "classic" and water is None:
                 raise InputError(f"{scan['mrs']}: a water-suppressed metabolite-nulled scan needs "
                                  "its water reference (mm scans: water)")
-            rows, wrows, dw, ff0, *_ = preprocess._read_inputs(nii, water, mode)
+            rows, wrows, dw, ff0, *_ = preprocess.read_inputs(nii, water, mode)
             res = preprocess.process_scan(rows, wrows, dw, ff0, mode, p)
             if res.qc.get("usable") is False:
                 raise InputError(f"{scan['mrs']}: no usable data in the metabolite-nulled scan "

@@ -443,6 +443,13 @@ def hlsvd(
 
 
 @_single_thread_blas
+def hlsvd_model(comp: dict, sel: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The sum of the :func:`hlsvd` components selected by ``sel`` (boolean mask) on the
+    time axis ``t`` (s): ``sum_k a_k exp((-d_k + 2 pi i f_k) t)``."""
+    a, d, f = comp["amplitude"][sel], comp["damping_hz"][sel], comp["freq_hz"][sel]
+    return (a[None, :] * np.exp((-d[None, :] + 2j * np.pi * f[None, :]) * t[:, None])).sum(axis=1)
+
+
 def remove_water_hlsvd(
     fid: np.ndarray,
     dwell_s: float,
@@ -487,11 +494,7 @@ def remove_water_hlsvd(
     damp = comp["damping_hz"]
     cppm = CENTRE_PPM + freq / f0_mhz
     sel = (cppm >= lo) & (cppm <= hi) & (damp > 0) & (damp / np.pi <= max_fwhm_hz)
-    t = time_axis(n, dwell_s)
-    model = (
-        comp["amplitude"][sel][None, :]
-        * np.exp((-damp[sel][None, :] + 2j * np.pi * freq[sel][None, :]) * t[:, None])
-    ).sum(axis=1)
+    model = hlsvd_model(comp, sel, time_axis(n, dwell_s))
     info = {
         "method": "HLSVD (Kung state space) of the full-band FID",
         "n_components": int(len(comp["poles"])),
@@ -1121,7 +1124,7 @@ def run_preprocess(
     return qcd
 
 
-def _read_inputs(mrs_nii, water_nii, mode):
+def read_inputs(mrs_nii, water_nii, mode):
     """(rows, water rows or None, dwell, f0, ext, affine, NIfTI version) of one scan."""
     data, ext, affine, dwell, img = read_nifti_mrs(mrs_nii)
     f0 = float(ext["SpectrometerFrequency"][0])
@@ -1217,7 +1220,7 @@ def _preprocess_scan(mrs_nii, out_metab, out_water, out_qc_json, out_transients_
     """:func:`run_preprocess` without the picture; returns (QC dict, the processing result
     with the metabolite and water FIDs, dwell time in s)."""
     p = _merge_params(params)
-    rows, wrows, dwell, f0, ext, affine, nver = _read_inputs(mrs_nii, water_nii, mode)
+    rows, wrows, dwell, f0, ext, affine, nver = read_inputs(mrs_nii, water_nii, mode)
     res = process_scan(rows, wrows, dwell, f0, mode, p)
     res.qc["raw_sha256"] = hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
     stamp = _timestamp(p)

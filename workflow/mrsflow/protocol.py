@@ -21,7 +21,6 @@ The TE1/TE2 split of PRESS is in none of them: it comes from the config's protoc
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -106,12 +105,12 @@ def _rda(path: Path) -> dict:
 def _nifti_mrs(path: Path) -> dict:
     import nibabel as nib
 
+    from mrsflow import nmrs
+
     try:
         img = nib.load(str(path))
-        ext = next(e for e in img.header.extensions if e.get_code() == 44)
-        content = ext.get_content()
-        hdr = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
-    except (OSError, StopIteration, ValueError, nib.filebasedimages.ImageFileError) as err:
+        hdr = nmrs.header_extension(img)
+    except (OSError, ValueError, InputError, nib.filebasedimages.ImageFileError) as err:
         raise InputError(f"{path}: not a NIfTI-MRS file (no readable header extension): "
                          f"{err}") from None
     missing = [k for k in ("EchoTime", "RepetitionTime", "SpectrometerFrequency")
@@ -119,7 +118,7 @@ def _nifti_mrs(path: Path) -> dict:
     if missing:
         raise InputError(f"{path}: NIfTI-MRS header extension is missing {', '.join(missing)} "
                          "(the workflow needs them to choose the basis and correct relaxation)")
-    dwell = float(img.header["pixdim"][4])
+    dwell = nmrs.dwell_time_s(img)
     shape = img.shape
     higher = math.prod(shape[4:]) if len(shape) > 4 else 1
     return {

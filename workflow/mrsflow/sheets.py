@@ -281,16 +281,14 @@ def _films() -> list[str]:
 
 
 def _dim5(path: Path) -> str | None:
-    import json
-
     import nibabel as nib
 
-    img = nib.load(str(path))
-    ext = next((e for e in img.header.extensions if e.get_code() == 44), None)
-    if ext is None:
-        raise InputError(f"{path}: not a NIfTI-MRS file (no header extension)")
-    content = ext.get_content()
-    hdr = json.loads(content.decode("utf-8") if isinstance(content, bytes) else content)
+    from mrsflow import nmrs
+
+    try:
+        hdr = nmrs.header_extension(nib.load(str(path)))
+    except InputError:
+        raise InputError(f"{path}: not a NIfTI-MRS file (no header extension)") from None
     return hdr.get("dim_5")
 
 
