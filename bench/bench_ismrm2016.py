@@ -11,7 +11,9 @@ with the builtin fitter and
 water-scales each by the challenge's formula and prints, per dataset, Glu, tNAA, tCr, Ins and
 tCho beside what LCModel 6.3 and FSL-MRS 2.4 report (anchors.tsv), how many datasets fall
 inside the anchors' range or within 10 % of the nearer anchor, and the Cr test (dataset 0;
-exact-area answer 10.82 mM).
+exact-area answer 10.82 mM). A fit the config's QC rules exclude (a residual with material
+structure, a runaway baseline: mrsflow.quantify.fit_qc_reasons) is printed with its reason
+instead of numbers and counted apart, as the workflow would report it.
 
     python bench/bench_ismrm2016.py [FOLDER] [--basis own|challenge|both] [--baseline ...]
 """
@@ -48,6 +50,8 @@ from _machine import cpu_model  # noqa: E402
 
 from mrsflow import basis as B  # noqa: E402
 from mrsflow import fit as F  # noqa: E402
+from mrsflow import qc as Q  # noqa: E402
+from mrsflow import quantify  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTED = ("Glu", "tNAA", "tCr", "Ins", "tCho")
@@ -64,8 +68,11 @@ def own_basis(cfg: dict) -> B.Basis:
                    TE1_MS + TE2_MS)
 
 
-def fit_all(data: dict, basis: B.Basis, fitting: dict) -> dict[int, dict[str, float]]:
-    """{dataset: {name: mM}} (basis entries and combinations) and the seconds per fit."""
+def fit_all(data: dict, basis: B.Basis, fitting: dict,
+            rules: dict | None = None) -> dict[int, dict[str, float]]:
+    """{dataset: {name: mM}} (basis entries and combinations; ``_fit_quality``, ``_fit_qc``
+    and ``_excluded``, the reasons ``rules`` (the config's qc block) exclude it for) and the
+    seconds per fit."""
     out, times = {}, []
     for n, (metab, water) in data.items():
         t0 = time.perf_counter()
@@ -78,6 +85,8 @@ def fit_all(data: dict, basis: B.Basis, fitting: dict) -> dict[int, dict[str, fl
         conc = {k: concentration(e["amplitude"], w) for k, e in
                 {**d["metabolites"], **d["combined"]}.items()}
         conc["_fit_quality"] = d["fit_quality"]
+        conc["_fit_qc"] = Q.fit_qc(res.ppm, res.data, res.fit, res.baseline_spec, res.noise_sd)
+        conc["_excluded"] = quantify.fit_qc_reasons(conc["_fit_qc"], rules or {})
         out[n] = conc
     return out, float(np.median(times))
 
@@ -91,17 +100,25 @@ def within(v: float, lo: float, hi: float, rel: float = 0.10) -> bool:
     return abs(v - near) <= rel * (abs(near) if near else max(abs(hi), abs(lo)))
 
 
-def report(name: str, conc: dict, anchor_table, seconds: float) -> dict[str, int]:
-    """Print the comparison; return {metabolite: datasets inside the anchors (or 10 %)}."""
+def report(name: str, conc: dict, anchor_table, seconds: float):
+    """Print the comparison; return ({metabolite: datasets inside the anchors (or 10 %)},
+    datasets, [datasets excluded by QC])."""
     a = anchor_table.set_index(["dataset", "metabolite"])
     print(f"\n== {name} basis: median {seconds:.3f} s per fit")
-    print("dataset " + " ".join(f"{m:>22}" for m in REPORTED) + "   fitQ")
+    print("dataset " + " ".join(f"{m:>22}" for m in REPORTED) + "   fitQ  struct  max%")
     hits = dict.fromkeys(REPORTED, 0)
-    n_sets = 0
+    n_sets, excluded = 0, []
     for n, c in conc.items():
         if n == 0:
             continue
         n_sets += 1
+        fq = c["_fit_qc"]
+        qc_cols = (f"  {c['_fit_quality']:5.2f}  {fq['residual_structure']:5.2f} "
+                   f"{fq['residual_max_pct']:5.1f}")
+        if c["_excluded"]:
+            excluded.append(n)
+            print(f"{n:7d} excluded by QC: {'; '.join(c['_excluded'])}")
+            continue
         cells = []
         for m in REPORTED:
             lo_hi = [a.loc[(n, ANCHOR_NAMES[m]), k] for k in ("lcmodel_mM", "fslmrs_mM")]
@@ -110,14 +127,15 @@ def report(name: str, conc: dict, anchor_table, seconds: float) -> dict[str, int
             ok = within(v, lo, hi)
             hits[m] += ok
             cells.append(f"{v:6.2f} [{lo:5.2f}-{hi:5.2f}]{'*' if ok else ' '}")
-        print(f"{n:7d} " + " ".join(f"{x:>22}" for x in cells) + f"  {c['_fit_quality']:5.2f}")
-    print("inside the anchors or within 10 % (*): "
+        print(f"{n:7d} " + " ".join(f"{x:>22}" for x in cells) + qc_cols)
+    print(f"inside the anchors or within 10 % (*), of {n_sets} datasets ({len(excluded)} "
+          f"excluded by QC{': ' + ', '.join(map(str, excluded)) if excluded else ''}): "
           + ", ".join(f"{m} {hits[m]}/{n_sets}" for m in REPORTED))
     if 0 in conc:
         cr = conc[0]["tCr"]
         print(f"Cr test: tCr {cr:.3f} mM (exact-area answer {CR_TEST_MM}; "
               f"{100 * (cr / CR_TEST_MM - 1):+.2f} %)")
-    return hits, n_sets
+    return hits, n_sets, excluded
 
 
 def main(argv=None) -> int:
@@ -138,10 +156,10 @@ def main(argv=None) -> int:
           f"'{fitting['baseline']}'")
     data, table = datasets(folder), anchors(folder)
     if a.basis in ("own", "both"):
-        conc, sec = fit_all(data, own_basis(cfg), fitting)
+        conc, sec = fit_all(data, own_basis(cfg), fitting, cfg["qc"])
         report("own (config)", conc, table, sec)
     if a.basis in ("challenge", "both"):
-        conc, sec = fit_all(data, challenge_basis(folder), fitting)
+        conc, sec = fit_all(data, challenge_basis(folder), fitting, cfg["qc"])
         report("challenge", conc, table, sec)
     return 0
 

@@ -141,3 +141,35 @@ def test_each_scan_is_quantified_with_its_own_te_and_tr():
     (wrong,) = q.scan_rows(scan, fit, tissue, qc, te_ms=30.0, tr_ms=2000.0, params=p,
                            rules=rules)
     assert abs(wrong["conc_molal"] / 10.0 - 1) > 0.01  # the TE/TR used matter
+
+
+def test_fit_qc_excludes_only_material_structure_and_a_runaway_baseline():
+    """A fit is excluded when its residual has structure that is both there (above what
+    noise gives) and material (% of the tallest line), or its baseline took up
+    metabolite-sized signal; each rule names its numbers, and a rule set to null is off."""
+    rules = {"snr_min": 8, "linewidth_naa_max_hz": 12.8, "linewidth_water_max_hz": 15,
+             "fit_residual_structure_max": 1.5, "fit_residual_max_pct": 5.0,
+             "fit_baseline_excursion_max": 0.3}
+    good = {"residual_structure": 1.0, "residual_max_pct": 1.2, "baseline_excursion": 0.05,
+            "region_ppm": [1.8, 4.0]}
+    assert q.fit_qc_reasons(good, rules) == []
+    # high SNR: significant but immaterial structure is kept; large but noise-like too
+    assert q.fit_qc_reasons({**good, "residual_structure": 6.0, "residual_max_pct": 3.0},
+                            rules) == []
+    assert q.fit_qc_reasons({**good, "residual_structure": 1.2, "residual_max_pct": 9.0},
+                            rules) == []
+    (why,) = q.fit_qc_reasons({**good, "residual_structure": 4.3, "residual_max_pct": 12.9},
+                              rules)
+    assert why == ("fit leaves structure in the residual (4.3 x noise > 1.5, largest 12.9 % "
+                   "of the tallest line > 5.0 %, 1.8-4.0 ppm)")
+    (why,) = q.fit_qc_reasons({**good, "baseline_excursion": 0.34}, rules)
+    assert why == "fit baseline excursion 0.34 of the tallest line > 0.3"
+    off = {**rules, "fit_residual_max_pct": None, "fit_baseline_excursion_max": None}
+    assert q.fit_qc_reasons({**good, "residual_structure": 4.3, "residual_max_pct": 12.9,
+                             "baseline_excursion": 0.34}, off) == []
+    # the verdict of a scan carries them after the acquisition rules
+    qc = {"snr": 30.0, "linewidth_naa_hz": 7.0, "linewidth_water_hz": 8.0}
+    fit = {"success": True, "extra": {"fit_qc": {**good, "baseline_excursion": 0.34}}}
+    assert q.qc_verdict(qc, fit, rules) == (
+        False, "fit baseline excursion 0.34 of the tallest line > 0.3")
+    assert q.qc_verdict(qc, {"success": True}, rules) == (True, "")

@@ -441,6 +441,10 @@ def fit_qc(ppm: np.ndarray, data: np.ndarray, model: np.ndarray, baseline: np.nd
       white noise gives: ~1 for a residual that is noise; a missed line, a wrong lineshape or
       an unexplained hump shows as a value of several.
     - ``residual_max``: the largest |smoothed residual| in ``region`` in the same units.
+    - ``residual_max_pct``: that largest smoothed residual as a percentage of the tallest
+      metabolite line (model minus baseline) in ``region``: how large the structure is, where
+      ``residual_structure`` says whether it is there at all (at high SNR every real fit
+      leaves some; only a material one should exclude).
     - ``baseline_excursion``: peak-to-peak of the real baseline over the fit range divided by
       the height of the tallest metabolite line (model minus baseline) in ``region``: a
       baseline that has taken up metabolite-sized signal.
@@ -462,6 +466,8 @@ def fit_qc(ppm: np.ndarray, data: np.ndarray, model: np.ndarray, baseline: np.nd
     return {
         "residual_structure": float(np.sqrt(np.mean(rs**2)) / scale) if rs.size else math.nan,
         "residual_max": float(np.max(np.abs(rs)) / scale) if rs.size else math.nan,
+        "residual_max_pct": (float(100.0 * np.max(np.abs(rs)) / height)
+                             if rs.size and height > 0 else math.nan),
         "baseline_excursion": float(np.ptp(base) / height) if height > 0 else math.nan,
         "region_ppm": [float(min(region)), float(max(region))],
         "smooth_ppm": smooth_ppm,

@@ -61,7 +61,7 @@ QC_SCAN_COLUMNS = [
     "participant_id", "group", "session", "drug", "film", "acq", "snr", "snr_lcmodel",
     "linewidth_naa_hz", "linewidth_water_hz", "n_transients", "n_rejected",
     "freq_spread_rms_hz", "phase_spread_rms_deg", "fit_backend", "fit_success", "fit_quality",
-    "glu_crlb_pct", "f_gm", "f_wm", "f_csf", "qc_pass", "qc_reason", "qc_note",
+    "fit_residual_structure", "fit_residual_max_pct", "fit_baseline_excursion", "glu_crlb_pct", "f_gm", "f_wm", "f_csf", "qc_pass", "qc_reason", "qc_note",
 ]
 #: python distributions whose versions are recorded (in the environment of the report job)
 PROVENANCE_PACKAGES = (
@@ -362,7 +362,12 @@ def mrsinmrs_table(
     rows.append(_row(4, "Data exclusion criteria",
                      f"SNR >= {qcfg.get('snr_min', 'NA')}, NAA linewidth <= "
                      f"{qcfg.get('linewidth_naa_max_hz', 'NA')} Hz, water linewidth <= "
-                     f"{qcfg.get('linewidth_water_max_hz', 'NA')} Hz, fit converged (CRLB "
+                     f"{qcfg.get('linewidth_water_max_hz', 'NA')} Hz, fit converged, no material "
+                     f"structure in the fit residual (structure <= "
+                     f"{qcfg.get('fit_residual_structure_max', 'NA')} x noise or largest "
+                     f"residual <= {qcfg.get('fit_residual_max_pct', 'NA')} % of the tallest "
+                     f"line; baseline excursion <= {qcfg.get('fit_baseline_excursion_max', 'NA')})"
+                     f" (CRLB "
                      f"reported, not used to exclude); excluded {n_ex} of {n_all} spectra "
                      f"({reasons})", "config qc; results/tables/exclusions.tsv"))
     if metabolites is not None and len(metabolites):
@@ -684,6 +689,7 @@ def qc_scans_table(
         else:
             ok, reason = None, "no verdict"
         al = q.get("alignment") or {}
+        fq = (f.get("extra") or {}).get("fit_qc") or {}
         snr = q.get("snr")
         rows.append({
             **{k: s.get(k) for k in ("participant_id", "group", "session", "drug", "film",
@@ -699,6 +705,8 @@ def qc_scans_table(
             "fit_backend": f.get("backend"),
             "fit_success": f.get("success"),
             "fit_quality": f.get("fit_quality"),
+            **{f"fit_{k}": fq.get(k) for k in ("residual_structure", "residual_max_pct",
+                                               "baseline_excursion")},
             "glu_crlb_pct": glu_crlb.get(key),
             "f_gm": t.get("GM"),
             "f_wm": t.get("WM"),
