@@ -61,7 +61,8 @@ QC_SCAN_COLUMNS = [
     "participant_id", "group", "session", "drug", "film", "acq", "snr", "snr_lcmodel",
     "linewidth_naa_hz", "linewidth_water_hz", "n_transients", "n_rejected",
     "freq_spread_rms_hz", "phase_spread_rms_deg", "fit_backend", "fit_success", "fit_quality",
-    "fit_residual_structure", "fit_residual_max_pct", "fit_baseline_excursion", "glu_crlb_pct", "f_gm", "f_wm", "f_csf", "qc_pass", "qc_reason", "qc_note",
+    "fit_residual_structure", "fit_residual_max_pct", "fit_baseline_excursion", "glu_crlb_pct",
+    "f_gm", "f_wm", "f_csf", "qc_pass", "qc_reason", "qc_note",
 ]
 #: python distributions whose versions are recorded (in the environment of the report job)
 PROVENANCE_PACKAGES = (
