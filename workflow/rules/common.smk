@@ -23,7 +23,12 @@ from mrsflow.sheets import (  # noqa: E402
     scan_raw_files,
     spectrum_files,
 )
-from mrsflow.twin.design import scan_sheet, study_design  # noqa: E402
+from mrsflow.twin.design import (  # noqa: E402
+    mm_participants,
+    mm_raw_paths,
+    scan_sheet,
+    study_design,
+)
 
 # Rules run `python -m mrsflow ...`; make the package importable in every job (pip set-up,
 # conda envs and cluster jobs alike) without installing it into each environment.
@@ -59,6 +64,13 @@ SCAN_COLUMNS = ["participant_id", "session", "film", "group", "drug", "period"]
 # the study's acquisition protocols: `sequence` (named after basis.name) and any declared
 # under `protocols`; one basis set is simulated per protocol that a scan uses
 PROTOCOLS = protocol.protocols(config)
+# the twin's measured macromolecules: the metabolite-nulled scans it acquires (config
+# twin.macromolecules.nulled_scans; mrsflow.twin.design), as a study would give them in `mm`
+TWIN_MM = mm_participants(config["twin"]) if TWIN else []
+if TWIN_MM:
+    PROTOCOLS[BASIS_NAME]["mm"] = {
+        "scans": [mm_raw_paths(p, vendor=config["twin"]["vendor"]) for p in TWIN_MM]
+    }
 
 
 wildcard_constraints:
@@ -130,9 +142,8 @@ def basis_entries():
 
 
 # a basis set: one folder of FSL-MRS JSON files (one per metabolite / macromolecule), an
-# input of every fit and twin job as a folder (one DAG node, not ~30 files per job); one
-# per protocol in use, BASIS_DIR the `sequence` one (the twin's)
-BASIS_DIR = f"results/basis/{BASIS_NAME}"
+# input of every fit job as a folder (one DAG node, not ~30 files per job); one per protocol
+# in use (the twin plants with its own, rule twin_basis)
 USED_PROTOCOLS = sorted(set(SCANS.protocol), key=list(PROTOCOLS).index)
 
 
@@ -151,7 +162,7 @@ def protocol_sequence(name):
 
 def measured_mm(wildcards):
     """A protocol's measured MM spectrum (rule mm_spectrum), if its config block has `mm`."""
-    if TWIN or not PROTOCOLS[wildcards.name].get("mm"):
+    if not PROTOCOLS[wildcards.name].get("mm"):
         return []
     return [f"results/basis/{wildcards.name}_mm.nii.gz"]
 
@@ -160,6 +171,8 @@ def mm_raw_inputs(wildcards):
     """The raw files of a protocol's `mm` block: the MM spectrum file, or each
     metabolite-nulled scan (with its SPAR) and its water reference."""
     spec = PROTOCOLS[wildcards.name]["mm"]
+    if TWIN:  # written by rule twin_participants into the participants' folders
+        return [f"{RAW}/{pid}" for pid in TWIN_MM]
     if spec.get("file"):
         return [str(raw_path(RAW, spec["file"]))]
     files = set()

@@ -32,6 +32,31 @@ rule twin_sheets:
         "python -m mrsflow twin-sheets --twin {params.twin:q} --raw-dir {params.raw_dir:q} > {log} 2>&1"
 
 
+# The basis the twin plants its metabolites with: the `sequence` protocol's simulated spectra,
+# never a measured MM (which the twin's own metabolite-nulled scans give the fit's basis).
+rule twin_basis:
+    output:
+        basis=directory("results/twin/basis"),
+        png="results/twin/basis.png",
+    log:
+        "results/logs/twin/basis.log",
+    benchmark:
+        "results/benchmarks/twin/basis.tsv"
+    conda:
+        "../../envs/basis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        code=CODE["basis"],
+        sequence=as_json(protocol_sequence(BASIS_NAME)),
+        basis=as_json(config["basis"]),
+    shell:
+        "python -m mrsflow basis --sequence {params.sequence:q} --basis {params.basis:q}"
+        " --outdir {output.basis:q} --png {output.png:q} > {log} 2>&1"
+
+
 rule twin_template:
     output:
         temp("results/twin/template.npz"),
@@ -60,7 +85,7 @@ rule twin_template:
 # DAG construction quadratic).
 rule twin_participants:
     input:
-        basis=BASIS_DIR,
+        basis="results/twin/basis",
         template="results/twin/template.npz",
     output:
         raw=[directory(f"{RAW}/{pid}") for pid in PARTICIPANTS],

@@ -211,6 +211,26 @@ def raw_paths(participant_id: str, session: str, film: str, *, mode: str, vendor
     }
 
 
+def mm_participants(cfg: Mapping) -> list[str]:
+    """The participants with a metabolite-nulled (MM) acquisition in session 1: the first
+    ``macromolecules.nulled_scans`` HC participants (CUD if there are too few HC), none when
+    the planted MM is the basis set's own (model ``basis``)."""
+    mm = cfg.get("macromolecules") or {}
+    if mm.get("model", "basis") == "basis":
+        return []
+    ids = participant_ids(int(cfg["n_cud"]), int(cfg["n_hc"]))
+    ordered = [p for p, g in ids if g == "HC"] + [p for p, g in ids if g == "CUD"]
+    return ordered[: int(mm.get("nulled_scans", 0))]
+
+
+def mm_raw_paths(participant_id: str, *, vendor: str) -> dict:
+    """Raw files of a participant's metabolite-nulled acquisition (water-suppressed, with
+    its own water reference), relative to the raw folder."""
+    stem = f"{participant_id}/ses-1/mrs/{participant_id}_ses-1_acq-mmnull"
+    ext = ".SDAT" if vendor == "philips" else ".rda"
+    return {"acq": "ws", "mrs": f"{stem}_svs{ext}", "water": f"{stem}_mrsref{ext}"}
+
+
 def t1_dicom_dir(participant_id: str) -> str:
     """The participant's T1 DICOM series (one per participant, acquired in session 1)."""
     return f"{participant_id}/ses-1/anat/{participant_id}_ses-1_T1w"

@@ -16,17 +16,20 @@ import multiprocessing
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mrsflow import quantify
-from mrsflow.basis import read_fsl_basis
+from mrsflow.basis import is_parametrised_mm, read_fsl_basis
 from mrsflow.errors import InputError
-from mrsflow.twin import anatomy, spectra
+from mrsflow.twin import anatomy, macromolecules, spectra
 from mrsflow.twin.design import (
     Design,
+    mm_participants,
+    mm_raw_paths,
     participant_rng,
     raw_paths,
     scan_sheet,
@@ -183,6 +186,15 @@ def write_participant(
     tr_ms = float(seq["tr_ms"])
     qp = quantify.QuantParams.from_config(cfg["quantify"])
     basis = read_fsl_basis(basis_dir)
+    mm_cfg = twin.get("macromolecules") or {"model": "basis"}
+    independent_mm = mm_cfg["model"] != "basis"
+    if independent_mm:  # this participant's MM: level and each peak's share
+        rng_mm = participant_rng(seed, participant_id, "macromolecules")
+        mm_level = float(mm_cfg["relative_area"]) * max(0.3, rng_mm.normal(1.0, mm_cfg["sd"]))
+        mm_peaks = macromolecules.mm_peaks(rng_mm, float(mm_cfg["peak_sd"]))
+        mm_fid0 = {n: float(np.real(f[0])) for n, f in zip(basis.names, basis.fids, strict=True)
+                   if is_parametrised_mm(n)}
+    first_scan = None  # session 1's first scan: what a metabolite-nulled scan shares with it
 
     anat = anatomy.make_subject_anatomy(participant_rng(seed, participant_id, "anatomy"))
     anatomy.write_t1_dicom(
@@ -230,14 +242,27 @@ def write_participant(
         molal = dict(zip(molal.metabolite, molal.conc_molal, strict=True))
         water_amplitude = quantify.visible_water_mM(frac, te_ms, tr_ms, qp)
         amps = quantify.signal_amplitudes(molal, frac, te_ms, tr_ms, qp, water_amplitude)
-        amps.update(
-            quantify.signal_amplitudes(
-                twin["macromolecules_molal"], frac, te_ms, tr_ms, qp, water_amplitude
-            )
+        mm_amps = quantify.signal_amplitudes(
+            twin["macromolecules_molal"], frac, te_ms, tr_ms, qp, water_amplitude
         )
+        background, mm_area = None, float("nan")
+        if independent_mm:
+            # the same total area as the parametrised MM entries at macromolecules_molal,
+            # x this participant's level; no basis MM or lipid entry is planted
+            mm_area = mm_level * sum(mm_amps[n] * f0 for n, f0 in mm_fid0.items()
+                                     if n in mm_amps)
+            background = macromolecules.mm_background(
+                np.arange(int(seq["points"])) / float(seq["bandwidth_hz"]),
+                float(seq["field_mhz"]), te_ms, mm_area, mm_peaks)
+        else:
+            amps.update(mm_amps)
         spec = scan_spec(cfg, scan, twin)
         rng = participant_rng(seed, participant_id, f"{scan.session}/{scan.film}")
-        synth = spectra.synthesize_scan(basis, amps, water_amplitude, spec, rng)
+        synth = spectra.synthesize_scan(basis, amps, water_amplitude, spec, rng, background)
+        if first_scan is None and scan.session == "ses-1":
+            first_scan = {"basis": basis, "amps": amps, "background": background, "spec": spec,
+                          "water_amplitude": water_amplitude, "geometry": geom,
+                          "width_hz": synth.params["width_hz"], "noise_sd": synth.noise_sd}
         paths = raw_paths(
             participant_id, scan.session, scan.film, mode=twin["mode"], vendor=twin["vendor"]
         )
@@ -254,6 +279,11 @@ def write_participant(
                 "noise_sd": synth.noise_sd,
                 "motion_rows": ";".join(map(str, np.flatnonzero(synth.motion))),
                 "water_amplitude": water_amplitude,
+                "mm_model": mm_cfg["model"],
+                "mm_level": mm_level if independent_mm else 1.0,
+                "mm_area": mm_area,
+                "lineshape": spec.lineshape,
+                "eddy_residual_fraction": spec.eddy_residual_fraction,
             }
         )
         for row in range(synth.n_rows):
@@ -277,8 +307,34 @@ def write_participant(
                     "conc_molar": quantify.molal_to_molar(c, frac, qp),
                 }
             )
+    if participant_id in mm_participants(twin) and first_scan is not None:
+        _write_mm_scan(raw_dir, participant_id, first_scan, mm_cfg, seq, twin,
+                       participant_rng(seed, participant_id, "mm-nulled"))
     for table, records in truth.items():
         _write_tsv(pd.DataFrame(records), truth_dir / f"{table}.{participant_id}.tsv")
+
+
+def _write_mm_scan(raw_dir: Path, participant_id: str, first: Mapping, mm_cfg: Mapping,
+                   seq: Mapping, twin: Mapping, rng: np.random.Generator) -> None:
+    """The participant's metabolite-nulled acquisition (session 1, centred on the same voxel
+    but ``volume_ratio`` times its volume, as MM are usually measured where a small voxel
+    gives too little signal; the lineshape and the noise per transient of that session's
+    first scan; water-suppressed with its own water reference): metabolites at their
+    inversion-recovery residual (T1 drawn in 1.2-1.5 s), the planted MM at its
+    (:mod:`mrsflow.twin.macromolecules`)."""
+    ti, tr = float(mm_cfg["ti_ms"]), float(seq["tr_ms"])
+    gain = float(mm_cfg["volume_ratio"])  # a larger voxel: more signal, the same noise
+    nulled, _ = macromolecules.nulled_amplitudes(
+        {k: gain * v for k, v in first["amps"].items()}, rng, ti, tr)
+    background = gain * first["background"] * float(
+        macromolecules.nulling_factor(macromolecules.MM_T1_S, ti, tr))
+    spec = replace(first["spec"], mode="classic",
+                           n_transients=int(mm_cfg["nulled_transients"]))
+    synth = spectra.synthesize_scan(first["basis"], nulled,
+                                    gain * first["water_amplitude"], spec, rng, background,
+                                    width_hz=first["width_hz"], noise_sd_row=first["noise_sd"])
+    _write_scan(raw_dir, mm_raw_paths(participant_id, vendor=twin["vendor"]), synth,
+                first["geometry"], seq, {**twin, "mode": "classic"})
 
 
 def plan_voxel(anat, centre_mni, vox: Mapping) -> VoxelGeometry:

@@ -14,12 +14,27 @@ Noiseless metabolite signal (basis FIDs carry no broadening)::
     W(t)  = A_w   exp(-t / T2_water) V(t)                 (water singlet at 4.65 ppm)
     V(t)  = exp(-pi L t - (pi G t)^2 / (4 ln 2))          (common Voigt, B0 inhomogeneity)
 
-``B(t)`` are a few broad Gaussian components (baseline).  ``L = eta w`` and
-``G = (1 - eta) w`` with ``eta = ScanSpec.lorentz_fraction``; ``w`` is found by root finding
+``B(t)`` are a few broad Gaussian components (baseline), plus any ``background`` FID the
+caller plants (the twin's macromolecules, :mod:`mrsflow.twin.macromolecules`).  ``L = eta w``
+and ``G = (1 - eta) w`` with ``eta = ScanSpec.lorentz_fraction``; ``w`` is found by root finding
 such that :func:`mrsflow.qc.linewidth_hz` of the ideal processed metabolite spectrum (NAA
 window 1.9-2.1 ppm) equals ``target_linewidth_hz``.  The measured FWHM therefore includes
 every overlapping signal (NAAG, Glu, MM, baseline) exactly as the QC of processed data sees
 it.
+
+Lineshape beyond Voigt (``ScanSpec.lineshape = "voxel"``): the inhomogeneous part is the
+field distribution across the voxel instead of a Gaussian, ``V(t) = exp(-pi L t)
+Phi((1 - eta) w t) exp(-(pi s (1 - eta) w t)^2 / (4 ln 2))``, where ``Phi`` is the
+characteristic function of the sub-voxel offsets ``u = g.x + q (h.x)^2`` (x uniform in the
+voxel, a linear gradient along a random direction g and a quadratic term along h, q drawn in
+[-1.5, 1.5]: an asymmetric, non-Gaussian line; Juchem & de Graaf 2017, Anal Biochem 529:17
+on B0 inhomogeneity and lineshape), normalised to mean 0 and SD 1 / 2.355, and ``s`` = 0.35
+a microscopic Gaussian part.  Water and metabolites share it (the same voxel).
+
+Residual eddy currents (``ScanSpec.eddy_residual_fraction`` = d): the metabolite signal
+carries the eddy-current phase ``(1 + d) A_ec exp(-t / tau)`` while the water carries
+``A_ec exp(-t / tau)``, so correcting with the water leaves ``d A_ec exp(-t / tau)`` on the
+metabolites; the planted ideal spectrum keeps it (it is what perfect processing yields).
 
 Metabolite cycling (Dreher & Leibfritz 2005, MRM 54:190; Hock et al. 2013, MRM 69:1253):
 in one state the spectral region upfield of water (delta < 4.65 ppm) is inverted, in the
@@ -110,6 +125,8 @@ class ScanSpec:
     n_water_ref: int = 16  # classic: separate water-reference transients
     mc_first_cycle: int | None = None  # +1 / -1 state of row 0; None -> random
     mc_water_asymmetry: float = 0.0  # water amplitude (1 +- a/2) in the two MC states
+    lineshape: str = "voigt"  # 'voigt' | 'voxel' (sub-voxel field distribution, see above)
+    eddy_residual_fraction: float = 0.0  # metabolites' extra eddy-current phase vs water
 
     def __post_init__(self):
         if self.mode not in ("mc", "classic"):
@@ -118,6 +135,8 @@ class ScanSpec:
             raise ValueError("MC needs an even number of transients (pairs)")
         if self.n_transients < 1:
             raise ValueError("n_transients must be >= 1")
+        if self.lineshape not in ("voigt", "voxel"):
+            raise ValueError(f"lineshape must be 'voigt' or 'voxel', not {self.lineshape!r}")
 
 
 @dataclass
@@ -231,6 +250,37 @@ def _voigt(t: np.ndarray, lorentz_hz: float, gauss_hz: float) -> np.ndarray:
     return np.exp(-np.pi * lorentz_hz * t - (np.pi * gauss_hz * t) ** 2 / (4.0 * math.log(2.0)))
 
 
+#: microscopic Gaussian part of the 'voxel' lineshape, relative to its inhomogeneous width
+VOXEL_GAUSS = 0.35
+_VOXEL_BINS = 64
+
+
+def voxel_offsets(rng: np.random.Generator, n: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """A sub-voxel field distribution (module docstring) as a histogram: (unit offsets of the
+    bin centres, weights summing to 1); mean 0, SD 1 / 2.355."""
+    x = rng.uniform(-0.5, 0.5, (n, 3))
+    g, h = rng.normal(size=3), rng.normal(size=3)
+    q = rng.uniform(-1.5, 1.5)
+    u = x @ (g / np.linalg.norm(g)) + q * (x @ (h / np.linalg.norm(h))) ** 2
+    u = (u - u.mean()) / (2.355 * u.std())
+    w, edges = np.histogram(u, bins=_VOXEL_BINS)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    w = w / w.sum()
+    shift = float(w @ centres)  # keep the histogram's mean at 0 exactly
+    return centres - shift, w
+
+
+def _lineshape(t: np.ndarray, w: float, eta: float, voxel) -> np.ndarray:
+    """Common lineshape of width parameter ``w``: Voigt, or the 'voxel' one (``voxel`` =
+    :func:`voxel_offsets`)."""
+    if voxel is None:
+        return _voigt(t, eta * w, (1.0 - eta) * w)
+    u, p = voxel
+    s = (1.0 - eta) * w * t
+    phi = np.exp(2j * np.pi * np.outer(s, u)) @ p
+    return np.exp(-np.pi * eta * w * t) * phi * _voigt(s, 0.0, VOXEL_GAUSS)
+
+
 def _wrap_deg(x):
     return (np.asarray(x, dtype=float) + 180.0) % 360.0 - 180.0
 
@@ -241,8 +291,18 @@ def synthesize_scan(
     water_amplitude: float,
     spec: ScanSpec,
     rng: np.random.Generator,
+    background: np.ndarray | None = None,
+    *,
+    width_hz: float | None = None,
+    noise_sd_row: float | None = None,
 ) -> ScanSynthesis:
-    """Synthesize one scan's transients (see the module docstring for the model)."""
+    """Synthesize one scan's transients (see the module docstring for the model).
+
+    ``background``: an FID added to the basis combination before relaxation and lineshape
+    (planted macromolecules). ``width_hz`` / ``noise_sd_row``: the lineshape width ``w`` and
+    the noise SD per row, instead of finding them from the target linewidth and SNR (a
+    metabolite-nulled scan, which has no NAA line to calibrate on, takes its participant's).
+    """
     n, dt = spec.npoints, spec.dwell_s
     t = np.arange(n) * dt
     mc = spec.mode == "mc"
@@ -273,10 +333,13 @@ def synthesize_scan(
         ref_walk = walk[-1] + np.cumsum(rng.normal(0.0, spec.drift_walk_sd_hz, n_ref))
         ref_jitter = rng.normal(0.0, spec.phase_jitter_sd_deg, n_ref)
         ref_noise = rng.standard_normal((n_ref, 2 * n)).view(np.complex128)
+    voxel = voxel_offsets(rng) if spec.lineshape == "voxel" else None  # drawn last
 
     # ---- noiseless templates -----------------------------------------------------------------
     m0 = _basis_template(basis, amplitudes, spec)
     met_area = float(np.real(m0[0]))
+    if background is not None:
+        m0 = m0 + np.asarray(background, complex)[: spec.npoints]
     if spec.n_baseline and spec.baseline_fraction:
         areas = spec.baseline_fraction * abs(met_area) * bl_w / bl_w.sum()
         nu_bl = (bl_ppm - CENTRE_PPM) * spec.f0_mhz
@@ -289,9 +352,11 @@ def synthesize_scan(
     t2m = np.exp(-t / (spec.t2_metab_ms * 1e-3))
     t2w = np.exp(-t / (spec.t2_water_ms * 1e-3))
     eta = spec.lorentz_fraction
+    ec_res = np.exp(1j * spec.eddy_residual_fraction * spec.eddy_amp_rad
+                    * np.exp(-t / (spec.eddy_tau_ms * 1e-3)))
 
     def metab(w: float) -> np.ndarray:
-        return m0 * t2m * _voigt(t, eta * w, (1.0 - eta) * w)
+        return m0 * t2m * ec_res * _lineshape(t, w, eta, voxel)
 
     def ideal(w: float) -> np.ndarray:
         return metab(w)
@@ -311,19 +376,22 @@ def synthesize_scan(
         # no half-maximum crossing inside the window = broader than measurable
         return lw - target if np.isfinite(lw) else target
 
-    w_lo, w_hi = 1e-3, target
-    while lw_err(w_hi) < 0:
-        w_hi *= 1.5
-    e_lo = lw_err(w_lo)
-    if not e_lo < 0:
-        raise ValueError(
-            f"target linewidth {target} Hz below the intrinsic NAA FWHM "
-            f"({e_lo + target:.3f} Hz with no common broadening)"
-        )
-    w = brentq(lw_err, w_lo, w_hi, xtol=1e-7, rtol=1e-10)
+    if width_hz is None:
+        w_lo, w_hi = 1e-3, target
+        while lw_err(w_hi) < 0:
+            w_hi *= 1.5
+        e_lo = lw_err(w_lo)
+        if not e_lo < 0:
+            raise ValueError(
+                f"target linewidth {target} Hz below the intrinsic NAA FWHM "
+                f"({e_lo + target:.3f} Hz with no common broadening)"
+            )
+        w = brentq(lw_err, w_lo, w_hi, xtol=1e-7, rtol=1e-10)
+    else:
+        w = float(width_hz)
     lor, gau = eta * w, (1.0 - eta) * w
-    vt = _voigt(t, lor, gau)
-    m_full = m0 * t2m * vt
+    vt = _lineshape(t, w, eta, voxel)
+    m_full = m0 * t2m * ec_res * vt
     ideal_metab = m_full
     ideal_water = float(water_amplitude) * t2w * vt
     lw_planted = lw_of(w)  # ideal_metab is ideal(w)
@@ -363,9 +431,14 @@ def synthesize_scan(
     if n_keep < 1:
         raise ValueError("every transient is motion-corrupted")
     height = qc.peak_height(ideal_metab, dt, spec.f0_mhz, peak_ppm=qc.NAA_PPM)
-    sigma_spec = height / spec.target_snr
-    sigma_proc = sigma_spec / math.sqrt(n - 0.75)
-    sigma_row = sigma_proc * math.sqrt(keep_factor)
+    if noise_sd_row is None:
+        sigma_spec = height / spec.target_snr
+        sigma_proc = sigma_spec / math.sqrt(n - 0.75)
+        sigma_row = sigma_proc * math.sqrt(keep_factor)
+    else:
+        sigma_row = float(noise_sd_row)
+        sigma_proc = sigma_row / math.sqrt(keep_factor)
+        sigma_spec = sigma_proc * math.sqrt(n - 0.75)
 
     # ---- rows ----------------------------------------------------------------------------------
     if mc:
@@ -384,6 +457,9 @@ def synthesize_scan(
         "mc_first_cycle": c0 if mc else None,
         "voigt_lorentz_hz": float(lor),
         "voigt_gauss_hz": float(gau),
+        "width_hz": float(w),
+        "lineshape": spec.lineshape,
+        "eddy_residual_fraction": spec.eddy_residual_fraction,
         "t2_metab_ms": spec.t2_metab_ms,
         "t2_water_ms": spec.t2_water_ms,
         "naa_peak_height": float(height),
@@ -409,7 +485,7 @@ def synthesize_scan(
         freq_hz=freq,
         phase_deg=phase,
         motion=motion,
-        snr_planted=float(spec.target_snr),
+        snr_planted=float(spec.target_snr if noise_sd_row is None else height / sigma_spec),
         linewidth_planted_hz=float(lw_planted),
         water_linewidth_planted_hz=float(lw_water),
         noise_sd=float(sigma_row),
