@@ -91,3 +91,48 @@ def anchors(folder: Path = DEFAULT):
 def concentration(amplitude: float, water_amplitude: float) -> float:
     """The challenge's water scaling (mM) of a fitted amplitude (per proton)."""
     return WATER_MM * METAB_RELAX * amplitude / (water_amplitude / 2.0)
+
+
+#: LCModel's settings for the challenge as the anchors were made (README of the shared
+#: folder: LCModel 6.3-1N, spline baseline, its own simulated lipid/MM extras and -CrCH2
+#: (NSIMUL left at its default), the challenge's water scaling), measured here to reproduce
+#: them best: the analysis window 0.2-4.2 ppm, the basis without Ace (the anchors have none)
+#: and with its own names, the four combinations the anchors list.
+LCMODEL_CHALLENGE = {"PPMST": 4.2, "PPMEND": 0.2, "WCONC": WATER_MM, "ATTH2O": METAB_RELAX,
+                     "ATTMET": 1.0, "DOECC": False, "NEACH": 99, "NAMREL": "Cr+PCr",
+                     "NCOMBI": 4, "CHCOMB(1)": "Cr+PCr", "CHCOMB(2)": "NAA+NAAG",
+                     "CHCOMB(3)": "GPC+PCho", "CHCOMB(4)": "Glu+Gln"}
+
+
+def lcmodel_challenge(executable: str, workdir: Path, folder: Path = DEFAULT
+                      ) -> dict[int, dict[str, float]]:
+    """{dataset: {LCModel name: mM}} from LCModel with the challenge's basis and
+    :data:`LCMODEL_CHALLENGE` (the anchors' ``lcmodel_mM`` names: Cr+PCr, NAA+NAAG, ...)."""
+    from mrsflow import lcmodel
+    from mrsflow.basis import Basis
+
+    b = challenge_basis(folder)
+    back = {v: k for k, v in NAMES.items()}
+    keep = [i for i, n in enumerate(b.names) if n != "Ace"]
+    basis = Basis([back.get(b.names[i], b.names[i]) for i in keep],
+                  np.array([b.fids[i] for i in keep]), b.dwell_s, b.f0_mhz, b.centre_ppm,
+                  b.te_ms)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lcmodel.write_basis(workdir / "challenge.basis", basis)
+    out = {}
+    for n, (metab, water) in datasets(folder).items():
+        lcmodel.write_raw(workdir / "metab.raw", metab)
+        lcmodel.write_raw(workdir / "water.raw", water)
+        settings = {"TITLE": f"dataset {n}", "DELTAT": DWELL_S, "HZPPPM": F0_MHZ,
+                    "NUNFIL": NPOINTS, "FILBAS": "challenge.basis", "FILRAW": "metab.raw",
+                    "FILH2O": "water.raw", "FILTAB": "fit.table", "LTABLE": 7, "FILPS": "fit.ps",
+                    "DOWS": True,
+                    **LCMODEL_CHALLENGE}
+        proc = lcmodel.run(executable, lcmodel.control(settings), workdir)
+        table = workdir / "fit.table"
+        if proc.returncode != 0 or not table.is_file():
+            raise RuntimeError(f"LCModel failed on dataset {n}: {proc.stderr[-500:]}")
+        out[n] = {k: v["conc"] for k, v in lcmodel.parse_table(table)["metabolites"].items()}
+        table.unlink()
+    return out

@@ -516,15 +516,20 @@ def test_fsl_mrs_command_line(tmp_path):
 
 def test_backend_resolution(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("MRSFLOW_LCMODEL", raising=False)
     assert F.backend_available("builtin")
     assert not F.backend_available("fsl_mrs")
+    assert not F.backend_available("lcmodel")
     assert F.resolve_backend("auto") == "builtin"
     with pytest.raises(InputError):
         F.resolve_backend("fsl_mrs")
-    monkeypatch.setattr(shutil, "which", lambda name: "/opt/fsl/bin/fsl_mrs")
-    assert F.resolve_backend("auto") == "fsl_mrs"
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="no LCModel executable"):
         F.resolve_backend("lcmodel")
+    with pytest.raises(InputError, match="unknown fitting backend"):
+        F.resolve_backend("tarquin")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/opt/bin/{name}")
+    assert F.resolve_backend("auto") == "fsl_mrs"  # auto never picks LCModel
+    assert F.resolve_backend("lcmodel") == "lcmodel"
 
 
 def _write_fsl_fixture(out_dir, res: F.FitResult, k: float, fit_fid: np.ndarray | None):

@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="linear-combination fit of one processed spectrum")
     for name in ("--metab", "--water", "--tissue", "--basis-dir", "--json", "--tsv", "--png"):
         p.add_argument(name, required=True)
-    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs"])
+    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs", "lcmodel"])
     p.add_argument("--params", type=_json, default={}, help="config 'fitting' as JSON")
     p.set_defaults(func=_fit)
 
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit-participant", help="fit every processed spectrum of a participant")
     p.add_argument("--plan", type=_json, required=True, help="JSON: a list, one dict per scan")
     p.add_argument("--basis-dir", required=True)
-    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs"])
+    p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs", "lcmodel"])
     p.add_argument("--params", type=_json, default={}, help="config 'fitting' as JSON")
     p.add_argument("--page", required=True,
                    help="QC page (PNG): every processed spectrum with its fit and water")

@@ -1,10 +1,11 @@
 """Linear-combination model (LCM) fitting of 1H MR spectra, and the FSL-MRS backend.
 
-Two backends produce one output contract (:data:`CONTRACT_KEYS`, :func:`write_result`):
+Three backends produce one output contract (:data:`CONTRACT_KEYS`, :func:`write_result`):
 
 - ``builtin``: the fitter of this module (numpy/scipy only), :func:`fit_spectrum`;
 - ``fsl_mrs``: the FSL-MRS 2.x command line (:func:`build_fsl_mrs_command`,
-  :func:`run_fsl_mrs`, :func:`parse_fsl_mrs_output`), used when ``fsl_mrs`` is on PATH.
+  :func:`run_fsl_mrs`, :func:`parse_fsl_mrs_output`), used when ``fsl_mrs`` is on PATH;
+- ``lcmodel``: LCModel (:mod:`mrsflow.lcmodel`), when asked for and found.
 
 Conventions
 -----------
@@ -154,7 +155,7 @@ import numpy as np
 from scipy import linalg, optimize
 from scipy.interpolate import BSpline, make_interp_spline
 
-from mrsflow import __version__, qc, qcpage
+from mrsflow import __version__, lcmodel, qc, qcpage
 from mrsflow.basis import Basis, read_fsl_basis
 from mrsflow.errors import InputError
 
@@ -1447,23 +1448,30 @@ def read_nifti_mrs(path) -> tuple[np.ndarray, float, float, dict]:
 # ============================================================================================
 # Backends
 # ============================================================================================
-def backend_available(name: str) -> bool:
-    """'builtin' always; 'fsl_mrs' when the ``fsl_mrs`` executable is on PATH."""
+def backend_available(name: str, lcmodel_executable: str | None = None) -> bool:
+    """'builtin' always; 'fsl_mrs' when the ``fsl_mrs`` executable is on PATH; 'lcmodel' when
+    :func:`mrsflow.lcmodel.find_executable` finds one (config path, $MRSFLOW_LCMODEL, PATH)."""
     if name == "builtin":
         return True
     if name == "fsl_mrs":
         return shutil.which("fsl_mrs") is not None
+    if name == "lcmodel":
+        return lcmodel.find_executable(lcmodel_executable) is not None
     return False
 
 
-def resolve_backend(name: str) -> str:
-    """'auto' -> 'fsl_mrs' when available else 'builtin'; others checked."""
+def resolve_backend(name: str, lcmodel_executable: str | None = None) -> str:
+    """'auto' -> 'fsl_mrs' when available else 'builtin'; others checked ('auto' never picks
+    LCModel: it is asked for by name)."""
     if name == "auto":
         return "fsl_mrs" if backend_available("fsl_mrs") else "builtin"
-    if name not in ("builtin", "fsl_mrs"):
-        raise InputError(f"unknown fitting backend {name!r} (builtin, fsl_mrs, auto)")
-    if not backend_available(name):
-        raise InputError(f"fitting backend {name!r} is not available (fsl_mrs not on PATH)")
+    if name not in ("builtin", "fsl_mrs", "lcmodel"):
+        raise InputError(f"unknown fitting backend {name!r} (builtin, fsl_mrs, lcmodel, auto)")
+    if not backend_available(name, lcmodel_executable):
+        where = ("no LCModel executable: set fitting.lcmodel.executable or $"
+                 f"{lcmodel.ENV_VAR}, or put lcmodel on PATH (README, LCModel)"
+                 if name == "lcmodel" else "fsl_mrs not on PATH")
+        raise InputError(f"fitting backend {name!r} is not available ({where})")
     return name
 
 
@@ -1890,6 +1898,30 @@ def _finite(v) -> bool:
 # ============================================================================================
 # File wrapper
 # ============================================================================================
+def _run_lcmodel(fid, dwell, f0, basis, water_nii, out_json, out_tsv, p: dict,
+                 centre: float):
+    """:func:`_run_fit` with LCModel (mrsflow.lcmodel): its files in ``<json stem>_lcmodel/``
+    beside the fit JSON; LCModel failing on this spectrum makes it a scan that was not fitted
+    (excluded with LCModel's message), never a crash of the run."""
+    lcm = p.get("lcmodel") or {}
+    water, wfid = None, None
+    if water_nii is not None:
+        wfid, wdwell, wf0, _ = read_nifti_mrs(water_nii)
+        water = fit_water(wfid, wdwell, wf0, ppm_range=tuple(p.get("water_ppm_range", (4.0, 5.3))),
+                          centre_ppm=centre)
+    workdir = Path(out_json).parent / f"{Path(out_json).name.removesuffix('.json')}_lcmodel"
+    try:
+        d, arrays = lcmodel.fit(
+            fid, wfid, dwell, f0, basis, ppm_range=tuple(p.get("ppm_range", (0.2, 4.2))),
+            executable=lcmodel.find_executable(lcm.get("executable")), workdir=workdir,
+            water=water, control_values=lcm.get("control"), centre_ppm=centre)
+    except (lcmodel.BackendError, InputError) as err:
+        d, arrays = not_fitted(str(err), list(basis.names), backend="lcmodel"), None
+    if p.get("protocol"):
+        d.setdefault("extra", {})["protocol"] = p["protocol"]
+    return write_result(d, out_json, out_tsv), arrays
+
+
 def run_fit(
     metab_nii,
     water_nii,
@@ -1911,7 +1943,7 @@ def run_fit(
     """
     d, plottable = _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv,
                             backend=backend, params=params, tissue_json=tissue_json)
-    if out_png is not None:
+    if out_png is not None and plottable is not None:
         plot_fit(plottable, out_png)
     return d
 
@@ -1987,7 +2019,10 @@ def run_participant(plan: list[dict], basis_dir, png, *, backend: str = "builtin
         if q is not None:
             title = f"{qcpage.qc_title(name, q)}; {title.split(': ', 1)[1]}"
         water = read_nifti_mrs(item["water"])[:3] if item.get("water") else None
-        rows.append(functools.partial(draw_fit, result=plottable, title=title, water=water))
+        if plottable is None:  # the backend failed on it: excluded with its message
+            rows.append(functools.partial(draw_message, title=title, text=d["message"]))
+        else:
+            rows.append(functools.partial(draw_fit, result=plottable, title=title, water=water))
     if png is not None:
         qcpage.save_rows(png, rows, width_in=9.0, row_height_in=3.0)
 
@@ -2005,10 +2040,13 @@ def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, par
     for FSL-MRS, a dict of arrays rebuilt from its outputs). ``basis``: the basis set of
     ``basis_dir`` if already read."""
     p = dict(params or {})
-    backend = resolve_backend(backend)
+    lcm = p.get("lcmodel") or {}
+    backend = resolve_backend(backend, lcm.get("executable"))
     fid, dwell, f0, hdr = read_nifti_mrs(metab_nii)
     basis = read_fsl_basis(basis_dir) if basis is None else basis
     centre = float(p.get("centre_ppm", 4.65))
+    if backend == "lcmodel":
+        return _run_lcmodel(fid, dwell, f0, basis, water_nii, out_json, out_tsv, p, centre)
     if backend == "fsl_mrs":
         te = p.get("te_ms", basis.te_ms if math.isfinite(basis.te_ms) else None)
         tr = p.get("tr_ms")

@@ -54,6 +54,23 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def backend_problem(fitting: dict) -> str | None:
+    """Why the configured fitting backend cannot run here (LCModel asked for and not found),
+    or None; checked at start-up so a missing program stops the run before any job."""
+    if fitting.get("backend") != "lcmodel":
+        return None
+    from mrsflow import lcmodel
+    from mrsflow.errors import InputError
+
+    try:
+        if lcmodel.find_executable((fitting.get("lcmodel") or {}).get("executable")):
+            return None
+    except InputError as err:
+        return f"fitting.backend lcmodel: {err}"
+    return ("fitting.backend lcmodel: no LCModel executable found (set "
+            f"fitting.lcmodel.executable or ${lcmodel.ENV_VAR}, or put lcmodel on PATH)")
+
+
 # ------------------------------------------------------------------------------------------
 # where the raw folder may lie
 # ------------------------------------------------------------------------------------------

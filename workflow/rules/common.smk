@@ -50,6 +50,7 @@ if workflow.is_main_process:
         startup.live_run(),
         startup.raw_folder_problem(RAW, twin=TWIN),
         startup.results_problem(),
+        startup.backend_problem(config["fitting"]),
     ):
         if _problem:
             startup.fail(_problem)
