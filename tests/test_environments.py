@@ -70,3 +70,21 @@ def test_every_rule_env_exists():
         used |= set(re.findall(r'"\.\./\.\./envs/(\w+)\.yaml"', p.read_text()))
     assert used, "no conda: directives found"
     assert used <= set(envs.FAMILIES), used - set(envs.FAMILIES)
+
+
+@pytest.mark.parametrize("family", sorted(envs.FAMILIES))
+def test_every_env_entry_is_pinned_exactly(family):
+    """Every conda dependency but python's series and pip names an exact version
+    (name=X.Y[.Z]), every pip entry name==version: an unpinned entry fails here."""
+    import yaml
+
+    env = yaml.safe_load((envs.ENVS / f"{family}.yaml").read_text())
+    unpinned = []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            unpinned += [d for d in dep.get("pip", []) if "==" not in d]
+        elif dep not in ("pip", "python=3.11"):
+            name, _, version = dep.partition("=")
+            if not version or version.count(".") < 1 or "*" in version:
+                unpinned.append(dep)
+    assert not unpinned, f"{family}.yaml: unpinned {unpinned}"

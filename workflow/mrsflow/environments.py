@@ -79,11 +79,11 @@ FAMILIES: dict[str, list[str]] = {
         "nilearn",
     ],
 }
-# conda packages from FSL's channel (not on PyPI). FSL-MRS is pinned to the 2.4 series the
-# project is checked against; the exact build comes from the user's FSL channel.
+# conda packages from FSL's channel (not on PyPI), pinned to exact versions: FSL-MRS 2.4.11 (the
+# release the fsl_mrs backend was run against), FAST 2111.3 and BET 2111.8 (FSL 6.0.7).
 FSL_PACKAGES: dict[str, list[str]] = {
-    "fit": ["fsl_mrs=2.4"],
-    "segment": ["fsl-fast4", "fsl-bet2"],
+    "fit": ["fsl_mrs=2.4.11"],  # the FSL-MRS the fsl_mrs backend was checked against
+    "segment": ["fsl-fast4=2111.3", "fsl-bet2=2111.8"],  # FSL 6.0.7 releases
 }
 
 
