@@ -470,29 +470,37 @@ def _option_values(cmd: list[str], opt: str) -> list[str]:
 
 
 def test_fsl_mrs_command_line(tmp_path):
+    """Documented options only; by default no FSL-MRS quantification step (the project
+    scales by water itself: no --h2o/--TE/--TR/--tissue_frac), every MM/lipid entry its
+    own --metab_groups group (FSL-MRS's recommendation), no HTML report; both on request."""
     names = METABOLITES + MACROMOLECULES
-    cmd = F.build_fsl_mrs_command(
-        tmp_path / "metab.nii.gz", tmp_path / "basis", tmp_path / "out",
-        water_nii=tmp_path / "wref.nii.gz", te_ms=30.0, tr_ms=2000.0,
-        tissue_json=tmp_path / "tissue.json", basis_names=names,
-    )  # fmt: skip
+    kw = {"water_nii": tmp_path / "wref.nii.gz", "te_ms": 30.0, "tr_ms": 2000.0,
+          "tissue_json": tmp_path / "tissue.json", "basis_names": names}
+    cmd = F.build_fsl_mrs_command(tmp_path / "metab.nii.gz", tmp_path / "basis",
+                                  tmp_path / "out", **kw)
     assert cmd[0] == "fsl_mrs"
     used = {tok for tok in cmd if tok.startswith("--")}
     assert used <= FSL_DOCUMENTED, used - FSL_DOCUMENTED
     assert _option_values(cmd, "--data") == [str(tmp_path / "metab.nii.gz")]
     assert _option_values(cmd, "--basis") == [str(tmp_path / "basis")]
     assert _option_values(cmd, "--output") == [str(tmp_path / "out")]
-    assert _option_values(cmd, "--h2o") == [str(tmp_path / "wref.nii.gz")]
-    assert _option_values(cmd, "--tissue_frac") == [str(tmp_path / "tissue.json")]
-    assert _option_values(cmd, "--TE") == ["30"]  # ms
-    assert _option_values(cmd, "--TR") == ["2"]  # s
+    for opt in ("--h2o", "--tissue_frac", "--TE", "--TR", "--report"):
+        assert opt not in cmd
     assert _option_values(cmd, "--ppmlim") == ["0.2", "4.2"]
     assert _option_values(cmd, "--baseline") == ["poly, 2"]
-    assert _option_values(cmd, "--metab_groups") == ["+".join(MACROMOLECULES)]
+    assert _option_values(cmd, "--metab_groups") == MACROMOLECULES
     combos = [cmd[i + 1 : i + 3] for i, tok in enumerate(cmd) if tok == "--combine"]
     assert combos == [["Cr", "PCr"], ["NAA", "NAAG"], ["GPC", "PCh"], ["Glu", "Gln"]]
-    for flag in ("--overwrite", "--no_rescale", "--report"):
+    for flag in ("--overwrite", "--no_rescale"):
         assert flag in cmd
+    on = F.build_fsl_mrs_command(tmp_path / "metab.nii.gz", tmp_path / "basis",
+                                 tmp_path / "out", params={"fsl_mrs": {
+                                     "report": True, "water_scaling": True}}, **kw)
+    assert _option_values(on, "--h2o") == [str(tmp_path / "wref.nii.gz")]
+    assert _option_values(on, "--tissue_frac") == [str(tmp_path / "tissue.json")]
+    assert _option_values(on, "--TE") == ["30"]  # ms
+    assert _option_values(on, "--TR") == ["2"]  # s
+    assert "--report" in on
     for legacy in ("--baseline_order", "--add_MM", "--t1"):
         assert legacy not in cmd
     # options from params
@@ -599,11 +607,12 @@ def test_contract_identical_between_builtin_and_fsl_fixture(study_files, tmp_pat
     _write_fsl_fixture(fsl_dir, res, k, study_files["clean"])
     water = F.fit_water(*F.read_nifti_mrs(study_files["water"])[:3])
     names = basis_r.names
-    _, order = F._fsl_group_entries(names, None)
-    gnames, members, _ = F._resolve_groups(names, None)
+    # the builtin fit's two groups (metabolites, macromolecules), as written by the fixture
+    _, order, group_members = F._fsl_group_entries(
+        names, {"macromolecules": [n for n in names if F.is_macromolecule(n)]})
     d_fsl = F.parse_fsl_mrs_output(
         fsl_dir, amplitude_scale=k, group_names=order,
-        group_members=dict(zip(gnames, members, strict=True)), f0_mhz=f0, dwell_s=dwell,
+        group_members=group_members, f0_mhz=f0, dwell_s=dwell,
         npoints=fid.size, data_fid=fid, water=water, version="fsl_mrs 2.4.0 (fixture)",
     )  # fmt: skip
     d_fsl = F.write_result(d_fsl, tmp_path / "f.json", tmp_path / "f.tsv")
@@ -622,7 +631,8 @@ def test_contract_identical_between_builtin_and_fsl_fixture(study_files, tmp_pat
     assert g["shift_hz"] == pytest.approx(res.shift_hz[0], rel=1e-6)
     assert d_fsl["phi0_deg"] == pytest.approx(res.phi0_deg, abs=1e-6)
     assert d_fsl["phi1_deg_per_ppm"] == pytest.approx(res.phi1_deg_per_ppm, abs=1e-6)
-    assert d_fsl["snr"] == pytest.approx(35.2)
+    assert d_fsl["snr"] is None  # FSL-MRS's SNR is its own definition, named apart:
+    assert d_fsl["extra"]["snr_fsl_mrs"] == pytest.approx(35.2)
     assert d_fsl["fit_quality"] == pytest.approx(1.0, abs=0.1)
     assert d_fsl["water_amplitude"] == pytest.approx(d_builtin["water_amplitude"], rel=1e-9)
     tsv_b = [ln.split("\t")[:2] for ln in (tmp_path / "b.tsv").read_text().splitlines()]
@@ -688,11 +698,9 @@ def test_run_fsl_mrs_plumbing_with_a_test_double(study_files, tmp_path, monkeypa
     argv = json.loads((out / "f_fsl_mrs" / "argv.json").read_text())
     work = out / "f_fsl_mrs_inputs"
     assert _option_values(argv, "--data") == [str(work / "metab_scaled.nii.gz")]
-    assert _option_values(argv, "--h2o") == [str(work / "water_scaled.nii.gz")]
-    assert json.loads((work / "tissue_frac.json").read_text()) == {
-        "WM": 0.35, "GM": 0.6, "CSF": 0.05,
-    }  # fmt: skip
-    assert _option_values(argv, "--TR") == ["2"] and "--no_rescale" in argv
+    assert "--h2o" not in argv and "--TE" not in argv and "--no_rescale" in argv
+    assert _option_values(argv, "--metab_groups") == [
+        n for n in read_fsl_basis(study_files["basis"]).names if F.is_macromolecule(n)]
     # the scaled copy keeps the NIfTI-MRS header and equals k * data
     fid, dwell, f0, _ = F.read_nifti_mrs(study_files["metab"])
     fid_s, dwell_s, f0_s, _ = F.read_nifti_mrs(work / "metab_scaled.nii.gz")
@@ -720,3 +728,33 @@ def test_fsl_mrs_backend_runs(study_files, tmp_path):  # pragma: no cover - need
     naa = d["metabolites"]["NAA"]
     assert naa["amplitude"] == pytest.approx(CONC["NAA"], rel=0.15)
     assert d["combined"]["tCr"]["amplitude"] == pytest.approx(TRUE_COMBINED["tCr"], rel=0.15)
+
+
+FAILING_FSL_MRS = """#!/bin/sh
+# Test double of FSL-MRS's fsl_mrs failing as FSL-MRS 2.4.11 does on a pure-noise scan when
+# asked to quantify (issue 21). NOT FSL-MRS.
+if [ "$1" = "--version" ]; then echo 0.0.0-test-double; exit 0; fi
+echo "Traceback (most recent call last):" >&2
+echo "fsl_mrs.utils.quantify.QuantificationError: Metabolite reference ['Cr', 'PCr'] has not been fit (conc=0)" >&2
+exit 1
+"""
+
+
+def test_fsl_mrs_failing_on_a_spectrum_excludes_that_scan(study_files, tmp_path, monkeypatch):
+    """fsl_mrs exiting 1 on a spectrum: that scan is not fitted, with FSL-MRS's last line
+    as the reason; nothing raises, the QC page gets a message row."""
+    import os
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "fsl_mrs").write_text(FAILING_FSL_MRS)
+    (bindir / "fsl_mrs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    out = tmp_path / "res"
+    d = F.run_fit(study_files["metab"], study_files["water"], study_files["basis"],
+                  out / "f.json", out / "f.tsv", out / "f.png", backend="fsl_mrs")
+    assert d["success"] is False and d["backend"] == "fsl_mrs"
+    assert d["message"].startswith("not fitted: fsl_mrs failed (exit 1): ")
+    assert "QuantificationError: Metabolite reference ['Cr', 'PCr']" in d["message"]
+    assert json.loads((out / "f.json").read_text())["success"] is False
+    assert not (out / "f.png").exists()

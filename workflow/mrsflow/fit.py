@@ -144,6 +144,7 @@ import csv
 import functools
 import json
 import math
+import os
 import shutil
 import subprocess
 import time
@@ -157,7 +158,7 @@ from scipy.interpolate import BSpline, make_interp_spline
 
 from mrsflow import __version__, lcmodel, qc, qcpage
 from mrsflow.basis import Basis, read_fsl_basis
-from mrsflow.errors import InputError
+from mrsflow.errors import BackendError, InputError
 
 __all__ = [
     "COMBINATIONS",
@@ -1479,12 +1480,23 @@ def resolve_backend(name: str, lcmodel_executable: str | None = None) -> str:
 # FSL-MRS command line (documented options of fsl_mrs 2.x: docs/user_docs/fitting_svs.rst and
 # `fsl_mrs --help`)
 # --------------------------------------------------------------------------------------------
-def _fsl_group_entries(names: list[str], groups) -> tuple[list[str], list[str]]:
-    """-> (--metab_groups entries, our group name per FSL group index)."""
-    gnames, members, _ = _resolve_groups(names, groups)
+def _fsl_group_entries(names: list[str], groups) -> tuple[list[str], list[str], dict]:
+    """-> (--metab_groups entries, our group name per FSL group index, {group: members}).
+
+    Default (``groups`` None): the metabolites one group and every macromolecule/lipid entry
+    its own, as FSL-MRS recommends for its default MM (it warns on every fit otherwise);
+    explicit ``groups`` as :func:`_resolve_groups` reads them."""
+    if groups is None:
+        mm = [n for n in names if is_macromolecule(n)]
+        members = {"metabolites": [n for n in names if n not in set(mm)]}
+        members.update({n: [n] for n in mm})
+        if not members["metabolites"]:
+            del members["metabolites"]
+        return mm, list(members), members
+    gnames, mems, _ = _resolve_groups(names, groups)
     entries = []
     order = []
-    for gname, mem in zip(gnames, members, strict=True):
+    for gname, mem in zip(gnames, mems, strict=True):
         if gname == "metabolites":
             continue
         entries.append("+".join(mem))
@@ -1492,7 +1504,7 @@ def _fsl_group_entries(names: list[str], groups) -> tuple[list[str], list[str]]:
     # FSL-MRS: names listed get groups 1..n, all others group 0 (shifted if none are left)
     if "metabolites" in gnames:
         order = ["metabolites", *order]
-    return entries, order
+    return entries, order, dict(zip(gnames, mems, strict=True))
 
 
 def _fsl_baseline_arg(spec) -> str:
@@ -1522,10 +1534,18 @@ def build_fsl_mrs_command(
 
     ``params``: ppm_range, baseline (or baseline_order), groups, ignore, keep, combine (list of
     lists; default the four :data:`COMBINATIONS` present in the basis), algo, lorentzian,
-    free_shift, internal_ref, wref_metabolite, report (default True), no_rescale (default
-    True: :func:`run_fsl_mrs` pre-scales the data itself), overwrite (default True).
+    free_shift, internal_ref, wref_metabolite, no_rescale (default True: :func:`run_fsl_mrs`
+    pre-scales the data itself), overwrite (default True), and the config's ``fsl_mrs``
+    block: ``report`` (default False: FSL-MRS's HTML report is 1.7 MB per scan) and
+    ``water_scaling`` (default False). The project scales by water itself
+    (mrsflow.quantify), so by default FSL-MRS gets no ``--h2o``/``--TE``/``--TR``/
+    ``--tissue_frac`` and runs no quantification step of its own (which fails on a spectrum
+    where its reference metabolite is not fitted).
     """
     p = dict(params or {})
+    fsl = dict(p.get("fsl_mrs") or {})
+    if not fsl.get("water_scaling", p.get("fsl_water_scaling", False)):
+        water_nii = te_ms = tr_ms = tissue_json = None
     cmd = [
         executable,
         "--data",
@@ -1550,7 +1570,7 @@ def build_fsl_mrs_command(
     ignore = [n for n in p.get("ignore", []) or []]
     used = [n for n in names if n not in set(ignore)]
     if used:
-        entries, _ = _fsl_group_entries(used, p.get("groups"))
+        entries, _, _ = _fsl_group_entries(used, p.get("groups"))
         if entries:
             cmd += ["--metab_groups", *entries]
     if ignore:
@@ -1575,7 +1595,7 @@ def build_fsl_mrs_command(
         cmd += ["--wref_metabolite", *np.atleast_1d(p["wref_metabolite"]).tolist()]
     if p.get("no_rescale", True):
         cmd.append("--no_rescale")
-    if p.get("report", True):
+    if fsl.get("report", p.get("report", False)):
         cmd.append("--report")
     if p.get("overwrite", True):
         cmd.append("--overwrite")
@@ -1653,20 +1673,23 @@ def run_fsl_mrs(
         basis_names=basis.names,
     )
     (work / "command.txt").write_text(" ".join(f"'{c}'" if " " in c else c for c in cmd) + "\n")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # one BLAS thread in the child on purpose: the workflow runs one fit job per core
+    env = {**os.environ, **dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                          "MKL_NUM_THREADS"), "1")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     (work / "fsl_mrs.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     version = _fsl_mrs_version()
     if proc.returncode != 0:
-        raise RuntimeError(f"fsl_mrs failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise BackendError(f"fsl_mrs failed (exit {proc.returncode}): "
+                                   + (lines[-1] if lines else "no message"))
     water = None
     if water_nii is not None:
         wfid, wdwell, wf0, _ = read_nifti_mrs(water_nii)
         water = fit_water(wfid, wdwell, wf0, ppm_range=p.get("water_ppm_range", (4.0, 5.3)))
     ignore = set(p.get("ignore", []) or [])
     used = [n for n in basis.names if n not in ignore]
-    _, order = _fsl_group_entries(used, p.get("groups"))
-    gnames, members, _ = _resolve_groups(used, p.get("groups"))
-    group_members = dict(zip(gnames, members, strict=True))
+    _, order, group_members = _fsl_group_entries(used, p.get("groups"))
     return parse_fsl_mrs_output(
         out_dir,
         amplitude_scale=k,
@@ -1859,7 +1882,7 @@ def parse_fsl_mrs_output(
         phi1_deg_per_ppm=phi1,
         noise_sd=noise_sd,
         residual_sd=residual_sd,
-        snr=snr,
+        snr=None,
         ppm_range=ppm_range,
         baseline=baseline,
         baseline_order=order,
@@ -1868,7 +1891,8 @@ def parse_fsl_mrs_output(
         npoints=int(npoints),
         centre_ppm=float(centre_ppm),
         water=water,
-        extra={"fsl_mrs_dir": str(out_dir), "amplitude_scale": k},
+        # FSL-MRS's own SNR definition, kept apart from the project's (mrsflow.qc)
+        extra={"fsl_mrs_dir": str(out_dir), "amplitude_scale": k, "snr_fsl_mrs": snr},
     )
 
 
@@ -1915,7 +1939,7 @@ def _run_lcmodel(fid, dwell, f0, basis, water_nii, out_json, out_tsv, p: dict,
             fid, wfid, dwell, f0, basis, ppm_range=tuple(p.get("ppm_range", (0.2, 4.2))),
             executable=lcmodel.find_executable(lcm.get("executable")), workdir=workdir,
             water=water, control_values=lcm.get("control"), centre_ppm=centre)
-    except (lcmodel.BackendError, InputError) as err:
+    except (BackendError, InputError) as err:
         d, arrays = not_fitted(str(err), list(basis.names), backend="lcmodel"), None
     if p.get("protocol"):
         d.setdefault("extra", {})["protocol"] = p["protocol"]
@@ -2051,16 +2075,22 @@ def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, par
         te = p.get("te_ms", basis.te_ms if math.isfinite(basis.te_ms) else None)
         tr = p.get("tr_ms")
         out_dir = Path(out_json).parent / f"{Path(out_json).stem}_fsl_mrs"
-        d = run_fsl_mrs(
-            metab_nii,
-            water_nii,
-            basis_dir,
-            out_dir,
-            te_ms=te,
-            tr_ms=tr,
-            tissue_json=tissue_json,
-            params=p,
-        )
+        try:
+            d = run_fsl_mrs(
+                metab_nii,
+                water_nii,
+                basis_dir,
+                out_dir,
+                te_ms=te,
+                tr_ms=tr,
+                tissue_json=tissue_json,
+                params=p,
+            )
+        except BackendError as err:  # that scan is excluded with FSL-MRS's message
+            d = not_fitted(str(err), list(basis.names), backend="fsl_mrs")
+            if p.get("protocol"):
+                d["extra"]["protocol"] = p["protocol"]
+            return write_result(d, out_json, out_tsv), None
         if p.get("protocol"):
             d.setdefault("extra", {})["protocol"] = p["protocol"]
         arrays = _fsl_plot_arrays(out_dir, fid, dwell, f0, centre, d)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mrsflow.errors import InputError
+from mrsflow.errors import BackendError, InputError
 
 ENV_VAR = "MRSFLOW_LCMODEL"
 
@@ -313,10 +313,6 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
         dwell_s=float(dwell_s), npoints=n, centre_ppm=float(centre_ppm), water=water,
         extra=extra)
     return d, arrays
-
-
-class BackendError(RuntimeError):
-    """The fitting program failed on this spectrum (its message says why)."""
 
 
 def _version(stdout: str, table_path: Path) -> str:
