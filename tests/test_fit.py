@@ -735,7 +735,8 @@ FAILING_FSL_MRS = """#!/bin/sh
 # asked to quantify (issue 21). NOT FSL-MRS.
 if [ "$1" = "--version" ]; then echo 0.0.0-test-double; exit 0; fi
 echo "Traceback (most recent call last):" >&2
-echo "fsl_mrs.utils.quantify.QuantificationError: Metabolite reference ['Cr', 'PCr'] has not been fit (conc=0)" >&2
+printf '%s%s\n' "fsl_mrs.utils.quantify.QuantificationError: " \
+  "Metabolite reference ['Cr', 'PCr'] has not been fit (conc=0)" >&2
 exit 1
 """
 
