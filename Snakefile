@@ -41,6 +41,7 @@ rule all:
         "results/stats/summary.md",
         REPORT_OUTPUTS,
         expand("results/figures/fig{n}.{ext}", n=[1, 2, 3], ext=["pdf", "png"]),
+        compare_outputs(),
 
 
 # While jobs run, .snakemake/mrsflow-run.json names this run, so that a second snakemake

@@ -132,21 +132,33 @@ def test_lcmodel_failing_on_a_spectrum_excludes_that_scan_with_its_message(tmp_p
 
 @needs_lcmodel
 @pytest.mark.slow
-def test_small_twin_runs_end_to_end_with_lcmodel(tmp_path):
-    """The 4 + 4 twin with fitting.backend lcmodel: every scan fitted by LCModel, the tables
-    and verification written; LCModel's Glu follows the planted Glu (r >= 0.85; its scale
-    differs from the builtin fitter's, README)."""
+def test_small_twin_runs_end_to_end_with_lcmodel_beside_builtin(tmp_path):
+    """The 4 + 4 twin with fitting.backend lcmodel and compare [builtin]: every scan fitted by
+    LCModel for the tables and by the builtin fitter beside it; LCModel's Glu follows the
+    planted Glu (r >= 0.85; its scale differs from the builtin fitter's, README); the
+    agreement table and figure name both, with the fit jobs' seconds."""
     proc = snakemake_with_override(
-        tmp_path, {"twin": {"n_cud": 4, "n_hc": 4}, "fitting": {"backend": "lcmodel"}},
+        tmp_path, {"twin": {"n_cud": 4, "n_hc": 4},
+                   "fitting": {"backend": "lcmodel", "compare": ["builtin"]}},
         "--cores", "2", timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    fits = sorted((tmp_path / "results" / "fit").rglob("*_desc-fit.json"))
+    res = tmp_path / "results"
+    fits = sorted((res / "fit").rglob("*_desc-fit.json"))
     assert len(fits) == 24
     assert {json.loads(p.read_text())["backend"] for p in fits} == {"lcmodel"}
-    rec = pd.read_csv(tmp_path / "results" / "twin" / "recovery" /
-                      "concentrations_summary.tsv", sep="\t").set_index("metabolite")
+    other = sorted((res / "fit_compare" / "builtin").rglob("*_desc-fit.json"))
+    assert {json.loads(p.read_text())["backend"] for p in other} == {"builtin"}
+    assert len(other) == 24
+    rec = pd.read_csv(res / "twin" / "recovery" / "concentrations_summary.tsv",
+                      sep="\t").set_index("metabolite")
     assert rec.loc["Glu", "r"] >= 0.85 and rec.loc["tNAA", "r"] >= 0.95
-    assert (tmp_path / "results" / "verification.tsv").is_file()
+    agree = pd.read_csv(res / "tables" / "fit_agreement_builtin.tsv", sep="\t")
+    agree = agree.set_index("metabolite")
+    assert set(agree.primary) == {"lcmodel"} and set(agree.other) == {"builtin"}
+    assert agree.loc["Glu", "n"] == 24 and agree.loc["Glu", "r"] > 0.9
+    assert agree.loc["Glu", "seconds_primary"] > agree.loc["Glu", "seconds_other"] > 0
+    assert (res / "figures" / "fit_agreement_builtin.png").stat().st_size > 20_000
+    assert (res / "verification.tsv").is_file()
 
 
 def test_asking_for_an_absent_lcmodel_stops_at_start_up(tmp_path):

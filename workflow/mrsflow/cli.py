@@ -130,8 +130,15 @@ def _preprocess_participant(a: argparse.Namespace) -> None:
 def _fit_participant(a: argparse.Namespace) -> None:
     from mrsflow import fit
 
-    fit.run_participant(a.plan, Path(a.basis_dir), Path(a.page), backend=a.backend,
-                        params=a.params)
+    fit.run_participant(a.plan, Path(a.basis_dir), Path(a.page) if a.page else None,
+                        backend=a.backend, params=a.params)
+
+
+def _fit_agreement(a: argparse.Namespace) -> None:
+    from mrsflow import agreement
+
+    agreement.run(a.primary_fits, a.other_fits, primary=a.primary, other=a.other, tsv=a.tsv,
+                  png=a.png, benchmarks=(a.primary_benchmarks, a.other_benchmarks))
 
 
 def _quantify(a: argparse.Namespace) -> None:
@@ -334,9 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--basis-dir", required=True)
     p.add_argument("--backend", default="auto", choices=["auto", "builtin", "fsl_mrs", "lcmodel"])
     p.add_argument("--params", type=_json, default={}, help="config 'fitting' as JSON")
-    p.add_argument("--page", required=True,
+    p.add_argument("--page", default=None,
                    help="QC page (PNG): every processed spectrum with its fit and water")
     p.set_defaults(func=_fit_participant)
+
+    p = sub.add_parser("fit-agreement", help="two fitting backends on the same spectra")
+    p.add_argument("--primary", required=True)
+    p.add_argument("--other", required=True)
+    for name in ("--primary-fits", "--other-fits", "--primary-benchmarks",
+                 "--other-benchmarks"):
+        p.add_argument(name, nargs="*", default=[])
+    p.add_argument("--tsv", required=True)
+    p.add_argument("--png", required=True)
+    p.set_defaults(func=_fit_agreement)
 
     p = sub.add_parser("quantify", help="concentrations and the study's tidy tables")
     p.add_argument("--raw-dir", required=True)

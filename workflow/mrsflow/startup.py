@@ -40,7 +40,7 @@ STAGES: Mapping[str, tuple[str, ...]] = {
     "convert": ("convert.py",),
     "preprocess": ("preprocess.py",),
     "segment": ("segment.py", "register.py"),
-    "fit": ("fit.py",),
+    "fit": ("fit.py", "agreement.py"),
     "quantify": ("collect.py",),
     "stats": ("stats.py",),
     "figures": ("figures.py",),

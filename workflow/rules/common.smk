@@ -374,10 +374,14 @@ def preprocess_plan(pid):
     return plan
 
 
-def fit_plan(pid):
+def fit_plan(pid, backend=None):
+    """A participant's fit plan; with ``backend``, the plan of that compared backend (its
+    fits under results/fit_compare/<backend>/, the same spectra)."""
     plan = []
     for row in _ROWS[pid]:
         f = scan_files(pid, row.session, row.film)
+        if backend:
+            f = {k: compare_path(v, backend) for k, v in f.items()}
         plan.append(
             {
                 "metab": f["metab"],
@@ -408,6 +412,29 @@ def scan_protocol(row):
 def participant_bases(wildcards):
     """The basis sets of the protocols of a participant's scans."""
     return sorted({basis_dir(r.protocol) for r in _ROWS[wildcards.pid]})
+
+
+# fitting.compare: every spectrum fitted also with these backends (the primary, the tables'
+# one, is fitting.backend), and their agreement with it (mrsflow.agreement)
+COMPARE = [
+    b for b in config["fitting"].get("compare", []) if b != config["fitting"]["backend"]
+]
+
+
+def compare_path(path, backend):
+    """A fit output of the primary backend -> the same of a compared backend."""
+    return path.replace("results/fit/", f"results/fit_compare/{backend}/", 1)
+
+
+def compare_outputs():
+    return [
+        p
+        for b in COMPARE
+        for p in (
+            f"results/tables/fit_agreement_{b}.tsv",
+            f"results/figures/fit_agreement_{b}.png",
+        )
+    ]
 
 
 @functools.lru_cache(maxsize=None)
@@ -443,6 +470,9 @@ def fit_params():
     """The fitter's parameters: the config's fitting block plus the sequence timing."""
     f = dict(config["fitting"])
     f.pop("backend")
+    f.pop(
+        "compare", None
+    )  # fitting other backends too does not change this backend's fits
     seq = config["sequence"]
     return {**f, "te_ms": seq["te1_ms"] + seq["te2_ms"], "tr_ms": seq["tr_ms"]}
 
