@@ -108,8 +108,8 @@ def lcmodel_challenge(executable: str, workdir: Path, folder: Path = DEFAULT
                       ) -> dict[int, dict[str, float]]:
     """{dataset: {LCModel name: mM}} from LCModel with the challenge's basis and
     :data:`LCMODEL_CHALLENGE` (the anchors' ``lcmodel_mM`` names: Cr+PCr, NAA+NAAG, ...)."""
-    from mrsflow import lcmodel
     from mrsflow.basis import Basis
+    from mrsflow.fit import lcmodel
 
     b = challenge_basis(folder)
     back = {v: k for k, v in NAMES.items()}

@@ -23,12 +23,7 @@ from pathlib import Path
 import pandas as pd
 from _machine import cpu_model
 from _osprey import OSPREY, RATIOS, ROOT, anchors, measured_ratios, write_study
-
-
-def within(v: float, lo: float, hi: float, rel: float = 0.10) -> bool:
-    """Inside [lo, hi], or within ``rel`` of the nearer bound."""
-    near = lo if abs(v - lo) <= abs(v - hi) else hi
-    return lo <= v <= hi or abs(v - near) <= rel * abs(near)
+from bench_ismrm2016 import within  # the same "inside, or within 10 % of the nearer" rule
 
 
 def run_study(folder: Path, workdir: Path) -> tuple[Path, float]:

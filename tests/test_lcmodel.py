@@ -1,4 +1,4 @@
-"""The LCModel backend (mrsflow.lcmodel): its file conventions, the challenge's LCModel
+"""The LCModel backend (mrsflow.fit.lcmodel): its file conventions, the challenge's LCModel
 numbers reproduced, failures as exclusions, the small twin end to end, and a clear start-up
 error when LCModel is asked for and absent.
 
@@ -18,9 +18,9 @@ import pytest
 from conftest import ROOT, snakemake_with_override
 
 from mrsflow import fit as F
-from mrsflow import lcmodel as L
 from mrsflow import nmrs
 from mrsflow.basis import Basis
+from mrsflow.fit import lcmodel as L
 
 EXE = L.find_executable()
 needs_lcmodel = pytest.mark.skipif(

@@ -40,7 +40,7 @@ STAGES: Mapping[str, tuple[str, ...]] = {
     "convert": ("convert.py",),
     "preprocess": ("preprocess.py",),
     "segment": ("segment.py", "register.py"),
-    "fit": ("fit.py", "agreement.py"),
+    "fit": ("fit/__init__.py", "agreement.py"),
     "quantify": ("collect.py",),
     "stats": ("stats.py",),
     "figures": ("figures.py",),
@@ -59,8 +59,8 @@ def backend_problem(fitting: dict) -> str | None:
     or None; checked at start-up so a missing program stops the run before any job."""
     if fitting.get("backend") != "lcmodel":
         return None
-    from mrsflow import lcmodel
     from mrsflow.errors import InputError
+    from mrsflow.fit import lcmodel
 
     try:
         if lcmodel.find_executable((fitting.get("lcmodel") or {}).get("executable")):
@@ -267,7 +267,11 @@ class _Digests:
         key = [st.st_mtime_ns, st.st_size]
         hit = self.cache.get(rel)
         if isinstance(hit, dict) and hit.get("stat") == key:
-            return hit["digest"], frozenset(PACKAGE_DIR / p for p in hit["imports"])
+            imports = frozenset(PACKAGE_DIR / p for p in hit["imports"])
+            # an unchanged file's import may now resolve elsewhere (a module became a
+            # package, say fit.py -> fit/): a vanished import means: parse it again
+            if all(f.is_file() for f in imports):
+                return hit["digest"], imports
         digest, imports = _file_digest(path)
         self.cache[rel] = {"stat": key, "digest": digest,
                            "imports": sorted(p.relative_to(PACKAGE_DIR).as_posix()

@@ -231,8 +231,8 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
     project's estimate on the FID in those units (FFT / sqrt(2N), / (W / 2)). LCModel's own
     S/N is recorded as ``extra.snr_lcmodel`` (its definition: peak over twice the residual
     RMS), not as the contract's ``snr``, so nobody compares the two as one measure."""
-    from mrsflow import fit as F
     from mrsflow import qc
+    from mrsflow.fit import builtin, contract
 
     if water_fid is None:
         raise InputError("the LCModel backend needs the water reference (water scaling)")
@@ -246,7 +246,7 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
     write_basis(workdir / "basis.basis", basis, names=names)
     write_raw(workdir / "metab.raw", fid)
     write_raw(workdir / "water.raw", water_fid)
-    combos = [(c, m) for c, m in F.COMBINATIONS.items() if all(x in names for x in m)]
+    combos = [(c, m) for c, m in contract.COMBINATIONS.items() if all(x in names for x in m)]
     settings = {
         "TITLE": "mrsflow", "DELTAT": float(dwell_s), "HZPPPM": float(f0_mhz),
         "NUNFIL": int(np.asarray(fid).size), "FILBAS": "basis.basis", "FILRAW": "metab.raw",
@@ -275,7 +275,7 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
     metabolites, combined = {}, {}
     for name, row in table["metabolites"].items():
         amp = row["conc"] * w_amp / 2.0
-        entry = F._met_entry(amp, row["sd_pct"] / 100.0 * amp if amp > 0 else math.nan)
+        entry = contract._met_entry(amp, row["sd_pct"] / 100.0 * amp if amp > 0 else math.nan)
         if name in combo_of:
             combined[combo_of[name]] = entry
         elif name in names:
@@ -284,7 +284,7 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
     arrays = {"ppm": coord.get("ppm"), "data": coord.get("data"), "fit": coord.get("fit"),
               "baseline": coord.get("baseline")}
     n = int(np.asarray(fid).size)
-    noise = F.estimate_noise_sd(fid, dwell_s, f0_mhz, centre_ppm)
+    noise = builtin.estimate_noise_sd(fid, dwell_s, f0_mhz, centre_ppm)
     noise_sd = residual_sd = None
     fit_qc = None
     if noise and all(arrays[k] is not None for k in ("ppm", "data", "fit", "baseline")):
@@ -300,7 +300,7 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
              "control": {k: v for k, v in settings.items() if not k.startswith("FIL")}}
     if fit_qc is not None:
         extra["fit_qc"] = fit_qc
-    d = F._contract(
+    d = contract._contract(
         backend="lcmodel", backend_version=_version(proc.stdout, table_path),
         success=True, message="parsed LCModel output", metabolites=metabolites,
         combined=combined,
