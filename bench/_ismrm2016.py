@@ -95,16 +95,22 @@ def concentration(amplitude: float, water_amplitude: float) -> float:
 
 #: LCModel's settings for the challenge as the anchors were made (README of the shared
 #: folder: LCModel 6.3-1N, spline baseline, its own simulated lipid/MM extras and -CrCH2
-#: (NSIMUL left at its default), the challenge's water scaling), measured here to reproduce
-#: them best: the analysis window 0.2-4.2 ppm, the basis without Ace (the anchors have none)
-#: and with its own names, the four combinations the anchors list.
+#: (NSIMUL left at its default), the challenge's water scaling), and what was measured here
+#: to reproduce them: the analysis window 0.2-4.2 ppm, the referencing shift limited to
+#: +-0.1 ppm (SHIFMN/SHIFMX; else the Cr-only test spectrum is referenced with Cr on Cho),
+#: the basis without Ace (the anchors have none), with its own names and written as it is
+#: (it has its own 2 Hz linewidth: :data:`LCMODEL_CHALLENGE_BASIS`), the four combinations
+#: the anchors list.
 LCMODEL_CHALLENGE = {"PPMST": 4.2, "PPMEND": 0.2, "WCONC": WATER_MM, "ATTH2O": METAB_RELAX,
                      "ATTMET": 1.0, "DOECC": False, "NEACH": 99, "NAMREL": "Cr+PCr",
                      "NCOMBI": 4, "CHCOMB(1)": "Cr+PCr", "CHCOMB(2)": "NAA+NAAG",
-                     "CHCOMB(3)": "GPC+PCho", "CHCOMB(4)": "Glu+Gln"}
+                     "CHCOMB(3)": "GPC+PCho", "CHCOMB(4)": "Glu+Gln",
+                     "SHIFMN(1)": -0.1, "SHIFMX(1)": 0.1, "SHIFMN(2)": -0.1, "SHIFMX(2)": 0.1}
+LCMODEL_CHALLENGE_BASIS = {"broaden": False}
 
 
-def lcmodel_challenge(executable: str, workdir: Path, folder: Path = DEFAULT
+def lcmodel_challenge(executable: str, workdir: Path, folder: Path = DEFAULT,
+                      control: dict | None = None, basis_options: dict | None = None
                       ) -> dict[int, dict[str, float]]:
     """{dataset: {LCModel name: mM}} from LCModel with the challenge's basis and
     :data:`LCMODEL_CHALLENGE` (the anchors' ``lcmodel_mM`` names: Cr+PCr, NAA+NAAG, ...)."""
@@ -119,7 +125,8 @@ def lcmodel_challenge(executable: str, workdir: Path, folder: Path = DEFAULT
                   b.te_ms)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    lcmodel.write_basis(workdir / "challenge.basis", basis)
+    lcmodel.write_basis(workdir / "challenge.basis", basis,
+                        **{**LCMODEL_CHALLENGE_BASIS, **(basis_options or {})})
     out = {}
     for n, (metab, water) in datasets(folder).items():
         lcmodel.write_raw(workdir / "metab.raw", metab)
@@ -128,7 +135,7 @@ def lcmodel_challenge(executable: str, workdir: Path, folder: Path = DEFAULT
                     "NUNFIL": NPOINTS, "FILBAS": "challenge.basis", "FILRAW": "metab.raw",
                     "FILH2O": "water.raw", "FILTAB": "fit.table", "LTABLE": 7, "FILPS": "fit.ps",
                     "DOWS": True,
-                    **LCMODEL_CHALLENGE}
+                    **LCMODEL_CHALLENGE, **(control or {})}
         proc = lcmodel.run(executable, lcmodel.control(settings), workdir)
         table = workdir / "fit.table"
         if proc.returncode != 0 or not table.is_file():

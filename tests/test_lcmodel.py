@@ -72,11 +72,11 @@ def test_singlets_land_where_they_are_and_scale_with_the_water(tmp_path):
 
 @needs_lcmodel
 def test_the_challenge_reproduces_lcmodels_own_numbers(tmp_path, capsys):
-    """The same data, basis and program as the anchors' LCModel column: datasets 1-10 and
-    27, Glu, tNAA, tCr, Ins and tCho. Measured: 48 of 55 within 2 %, all within 6 %
-    (median 0.4 %); the anchor run's exact control file is not published, and the rest
-    differs by settings we cannot see. Dataset 25 (no NAA, lipid/MM-dominated) and the Cr
-    test (only Cr: LCModel's referencing on NAA/Cr/Cho puts Cr at Cho) do not reproduce."""
+    """The same data, basis and program as the anchors' LCModel column, settings in
+    bench/_ismrm2016.py (LCMODEL_CHALLENGE): Glu, tNAA, tCr, Ins and tCho of datasets 1-10 and
+    27 all within 2 % (measured: 55 of 55, median 0.2 %, at most 1.2 %) and the Cr test
+    within 1 % (9.804 against 9.799 mM). Dataset 25 (no NAA, lipid/MM-dominated) is printed:
+    Glu +1.7 %, tCr +3.9 %, Ins +5.2 %, tCho +2.2 % (not within 2 %)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from _ismrm2016 import DEFAULT, anchors, lcmodel_challenge
 
@@ -84,20 +84,21 @@ def test_the_challenge_reproduces_lcmodels_own_numbers(tmp_path, capsys):
         pytest.skip(f"{DEFAULT} is absent (not shipped with the project)")
     got = lcmodel_challenge(EXE, tmp_path)
     a = anchors(DEFAULT).set_index(["dataset", "metabolite"])
-    errors = []
+    errors = {}
     with capsys.disabled():
         print("\nLCModel here vs the anchors' LCModel (mM):")
-        for n in [*range(1, 11), 27]:
+        for n in [*range(1, 11), 25, 27]:
             cells = []
             for name in ("Glu", "NAA+NAAG", "Cr+PCr", "Ins", "GPC+PCho"):
                 ref, val = a.loc[(n, name), "lcmodel_mM"], got[n][name]
-                errors.append(100 * (val / ref - 1))
-                cells.append(f"{name} {val:6.2f}/{ref:6.2f} {errors[-1]:+5.1f}%")
+                errors[(n, name)] = 100 * (val / ref - 1) if ref else math.nan
+                cells.append(f"{name} {val:6.2f}/{ref:6.2f} {errors[(n, name)]:+5.1f}%")
             print(f"{n:3d} " + " | ".join(cells))
-    err = np.abs(errors)
-    assert np.median(err) < 1.0
-    assert np.mean(err <= 2.0) >= 0.85
-    assert err.max() < 6.0
+        print(f"  0 Cr test: Cr+PCr {got[0]['Cr+PCr']:.3f}/{a.loc[(0, 'Cr+PCr'), 'lcmodel_mM']}")
+    main = np.abs([e for (n, _), e in errors.items() if n != 25])
+    assert main.max() <= 2.0, errors
+    assert got[0]["Cr+PCr"] == pytest.approx(a.loc[(0, "Cr+PCr"), "lcmodel_mM"], rel=0.01)
+    assert abs(errors[(25, "Glu")]) <= 2.0
 
 
 def _nifti(path, fid):

@@ -99,10 +99,12 @@ def basis_spectrum(fid: np.ndarray, dwell_s: float, fwhm_hz: float = 0.0) -> np.
 
 
 def write_basis(path: Path, basis, *, names=None, fwhmba_ppm: float = 0.013,
-                ident: str = "mrsflow basis") -> Path:
+                broaden: bool = True, ident: str = "mrsflow basis") -> Path:
     """A .BASIS file of ``basis`` (:class:`mrsflow.basis.Basis`, centre 4.65 ppm) entries
     ``names`` (default all), each with CONC = TRAMP = VOLUME = 1 and ISHIFT = 0.
-    ``fwhmba_ppm``: the linewidth LCModel assumes the basis spectra already have (FWHMBA)."""
+    ``fwhmba_ppm``: the linewidth LCModel assumes the basis spectra have (FWHMBA); with
+    ``broaden`` (an undamped simulated basis) they are given it as a Gaussian, otherwise
+    (a basis with its own linewidth) written as they are."""
     if abs(float(basis.centre_ppm) - 4.65) > 1e-6:
         raise ValueError("write_basis needs a basis centred at 4.65 ppm")
     names = list(names or basis.names)
@@ -115,8 +117,8 @@ def write_basis(path: Path, basis, *, names=None, fwhmba_ppm: float = 0.013,
         fid = np.asarray(basis.fids[basis.names.index(name)])
         out.append(_namelist("BASIS", {"ID": name[:20], "METABO": name[:20], "CONC": 1.0,
                                        "TRAMP": 1.0, "VOLUME": 1.0, "ISHIFT": 0}))
-        out.append(_columns(basis_spectrum(fid, float(basis.dwell_s),
-                                           fwhmba_ppm * float(basis.f0_mhz))))
+        out.append(_columns(basis_spectrum(
+            fid, float(basis.dwell_s), fwhmba_ppm * float(basis.f0_mhz) if broaden else 0.0)))
     Path(path).write_text("".join(out))
     return Path(path)
 
