@@ -131,10 +131,8 @@ def lcmodel_challenge(executable: str, workdir: Path, folder: Path = DEFAULT,
     for n, (metab, water) in datasets(folder).items():
         lcmodel.write_raw(workdir / "metab.raw", metab)
         lcmodel.write_raw(workdir / "water.raw", water)
-        settings = {"TITLE": f"dataset {n}", "DELTAT": DWELL_S, "HZPPPM": F0_MHZ,
-                    "NUNFIL": NPOINTS, "FILBAS": "challenge.basis", "FILRAW": "metab.raw",
-                    "FILH2O": "water.raw", "FILTAB": "fit.table", "LTABLE": 7, "FILPS": "fit.ps",
-                    "DOWS": True,
+        settings = {**lcmodel.file_settings(DWELL_S, F0_MHZ, NPOINTS, "challenge.basis",
+                                            coord=False, title=f"dataset {n}"),
                     **LCMODEL_CHALLENGE, **(control or {})}
         proc = lcmodel.run(executable, lcmodel.control(settings), workdir)
         table = workdir / "fit.table"

@@ -438,9 +438,12 @@ def compare_outputs():
 
 
 @functools.lru_cache(maxsize=None)
-def plan_json(step, pid):
-    """A participant's plan of one step as the JSON its job gets. Cached: snakemake
-    re-evaluates the params of every waiting job each time it selects jobs to run."""
+def plan_json(step, pid, backend=None):
+    """A participant's plan of one step as the JSON its job gets (``backend``: the fit plan
+    of a compared backend). Cached: snakemake re-evaluates the params of every waiting job
+    each time it selects jobs to run."""
+    if backend:
+        return as_json(fit_plan(pid, backend))
     plans = {
         "convert": convert_plan,
         "segment": segment_plan,

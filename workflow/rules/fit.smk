@@ -56,7 +56,7 @@ rule fit_compare:
     params:
         code=CODE["fit"],
         params=as_json(fit_params()),
-        plan=lambda w: as_json(fit_plan(w.pid, w.backend)),
+        plan=lambda w: plan_json("fit", w.pid, w.backend),
         basis=lambda w, input: input.bases[0],
     shell:
         "python -m mrsflow fit-participant --plan {params.plan:q}"

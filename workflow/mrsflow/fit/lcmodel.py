@@ -17,11 +17,14 @@ singlet (NAA lands at 2.01 ppm in LCModel's own output):
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import math
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -121,6 +124,38 @@ def write_basis(path: Path, basis, *, names=None, fwhmba_ppm: float = 0.013,
             fid, float(basis.dwell_s), fwhmba_ppm * float(basis.f0_mhz) if broaden else 0.0)))
     Path(path).write_text("".join(out))
     return Path(path)
+
+
+_BASIS_FILES: dict[str, Path] = {}
+
+
+def basis_file(basis) -> Path:
+    """The .BASIS file of ``basis`` (:func:`write_basis`), written once per process for each
+    distinct basis (keyed by its content) into a temporary folder removed at exit: one file
+    serves every spectrum of a fit job, and none is kept beside the results."""
+    h = hashlib.sha256("\0".join(basis.names).encode())
+    h.update(np.ascontiguousarray(basis.fids).tobytes())
+    h.update(repr((float(basis.dwell_s), float(basis.f0_mhz), float(basis.te_ms))).encode())
+    key = h.hexdigest()
+    if key not in _BASIS_FILES or not _BASIS_FILES[key].is_file():
+        folder = Path(tempfile.mkdtemp(prefix="mrsflow-lcmodel-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _BASIS_FILES[key] = write_basis(folder / "basis.basis", basis)
+    return _BASIS_FILES[key]
+
+
+def file_settings(dwell_s: float, f0_mhz: float, npoints: int, basis_path: str | Path, *,
+                  water: bool = True, coord: bool = True, title: str = "mrsflow") -> dict:
+    """Control values naming LCModel's files in its working folder: the basis, metab.raw
+    (and water.raw), fit.table, fit.ps (and fit.coord), with the data's timing."""
+    out = {"TITLE": title, "DELTAT": float(dwell_s), "HZPPPM": float(f0_mhz),
+           "NUNFIL": int(npoints), "FILBAS": str(basis_path), "FILRAW": "metab.raw",
+           "FILTAB": "fit.table", "LTABLE": 7, "FILPS": "fit.ps"}
+    if water:
+        out.update(FILH2O="water.raw", DOWS=True)
+    if coord:
+        out.update(FILCOO="fit.coord", LCOORD=9)
+    return out
 
 
 def control(settings: Mapping) -> str:
@@ -245,17 +280,13 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
     for old in workdir.glob("fit.*"):
         old.unlink()
     names = list(basis.names)
-    write_basis(workdir / "basis.basis", basis, names=names)
     write_raw(workdir / "metab.raw", fid)
     write_raw(workdir / "water.raw", water_fid)
     combos = [(c, m) for c, m in contract.COMBINATIONS.items() if all(x in names for x in m)]
     settings = {
-        "TITLE": "mrsflow", "DELTAT": float(dwell_s), "HZPPPM": float(f0_mhz),
-        "NUNFIL": int(np.asarray(fid).size), "FILBAS": "basis.basis", "FILRAW": "metab.raw",
-        "FILH2O": "water.raw", "FILTAB": "fit.table", "LTABLE": 7, "FILCOO": "fit.coord",
-        "LCOORD": 9, "FILPS": "fit.ps", "PPMST": float(max(ppm_range)),
-        "PPMEND": float(min(ppm_range)), "DOWS": True, "WCONC": 1.0, "ATTH2O": 1.0,
-        "ATTMET": 1.0, "NCOMBI": len(combos),
+        **file_settings(dwell_s, f0_mhz, np.asarray(fid).size, basis_file(basis)),
+        "PPMST": float(max(ppm_range)), "PPMEND": float(min(ppm_range)),
+        "WCONC": 1.0, "ATTH2O": 1.0, "ATTMET": 1.0, "NCOMBI": len(combos),
         **{f"CHCOMB({i})": "+".join(m) for i, (_, m) in enumerate(combos, start=1)},
     }
     if "Cr" in names and "PCr" in names:
@@ -303,7 +334,7 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
     if fit_qc is not None:
         extra["fit_qc"] = fit_qc
     d = contract._contract(
-        backend="lcmodel", backend_version=_version(proc.stdout, table_path),
+        backend="lcmodel", backend_version=_version(table_path),
         success=True, message="parsed LCModel output", metabolites=metabolites,
         combined=combined,
         groups={"metabolites": {"members": names, "gamma_hz": math.nan, "sigma_hz": math.nan,
@@ -317,6 +348,6 @@ def fit(fid: np.ndarray, water_fid: np.ndarray | None, dwell_s: float, f0_mhz: f
     return d, arrays
 
 
-def _version(stdout: str, table_path: Path) -> str:
+def _version(table_path: Path) -> str:
     m = re.search(r"LCModel \(Version ([^)]+)\)", Path(table_path).read_text(errors="replace"))
     return f"LCModel {m[1]}" if m else "LCModel"
