@@ -76,7 +76,10 @@ def test_the_challenge_reproduces_lcmodels_own_numbers(tmp_path, capsys):
     bench/_ismrm2016.py (LCMODEL_CHALLENGE): Glu, tNAA, tCr, Ins and tCho of datasets 1-10 and
     27 all within 2 % (measured: 55 of 55, median 0.2 %, at most 1.2 %) and the Cr test
     within 1 % (9.804 against 9.799 mM). Dataset 25 (no NAA, lipid/MM-dominated) is printed:
-    Glu +1.7 %, tCr +3.9 %, Ins +5.2 %, tCho +2.2 % (not within 2 %)."""
+    Glu +1.7 %, tCr +4.0 %, Ins +4.5 %, tCho +2.3 % (not within 2 %); its fit is ill-conditioned
+    (ATTMET 0.829 instead of 0.82919 moves its Ins by 1.4 %, datasets 1-10 not), but LCModel's own
+    simulated MM components come out at the anchors' scale (within 3 %), which they do only
+    with the challenge's T2 factor given as ATTMET."""
     sys.path.insert(0, str(ROOT / "bench"))
     from _ismrm2016 import DEFAULT, anchors, lcmodel_challenge
 
@@ -99,6 +102,8 @@ def test_the_challenge_reproduces_lcmodels_own_numbers(tmp_path, capsys):
     assert main.max() <= 2.0, errors
     assert got[0]["Cr+PCr"] == pytest.approx(a.loc[(0, "Cr+PCr"), "lcmodel_mM"], rel=0.01)
     assert abs(errors[(25, "Glu")]) <= 2.0
+    for mm in ("MM09", "MM12", "MM14", "MM17", "MM20"):
+        assert got[25][mm] == pytest.approx(a.loc[(25, mm), "lcmodel_mM"], rel=0.03), mm
 
 
 def _nifti(path, fid):
