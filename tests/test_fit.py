@@ -665,10 +665,87 @@ args = p.parse_args()
 out = Path(args.output)
 out.mkdir(parents=True, exist_ok=True)
 (out / "argv.json").write_text(json.dumps(sys.argv[1:]))
+(out / "options.txt").write_text(json.dumps(vars(args)) + "\\n")  # as fsl_mrs writes it
 fid, dwell, f0, _ = F.read_nifti_mrs(args.data)
 res = F.fit_spectrum(fid, dwell, f0, read_fsl_basis(args.basis))
 test_fit._write_fsl_fixture(out, res, 1.0, None)
 """
+
+
+FAKE_RESULTS_TO_SPECTRUM = """#!{python}
+# Test double of FSL-MRS's results_to_spectrum (RESULTS --export_baseline -o OUT -f NAME):
+# writes NAME (the full model, baseline included, as FSL-MRS does; here the fitted data
+# itself) and NAME_baseline (a known broad line at 1.3 ppm) as NIfTI-MRS. NOT FSL-MRS.
+import argparse, json, sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {tests!r})
+import test_fit
+from mrsflow import fit as F
+p = argparse.ArgumentParser()
+p.add_argument("results_dir")
+p.add_argument("--export_baseline", action="store_true")
+p.add_argument("-o", "--output")
+p.add_argument("-f", "--filename")
+args = p.parse_args()
+opts = json.loads((Path(args.results_dir) / "options.txt").read_text())
+fid = F.read_nifti_mrs(opts["data"])[0]
+base = test_fit.fake_fsl_baseline(fid)
+out = Path(args.output)
+test_fit._write_nifti_mrs(out / f"{{args.filename}}.nii.gz", fid)
+test_fit._write_nifti_mrs(out / f"{{args.filename}}_baseline.nii.gz", base)
+"""
+
+
+def fake_fsl_baseline(fid: np.ndarray) -> np.ndarray:
+    """The test double's baseline: a broad line (40 Hz) at 1.3 ppm, 5 % of max|FID|."""
+    t = np.arange(fid.size) * DWELL
+    nu = (1.3 - 4.65) * F0
+    return 0.05 * np.abs(fid).max() * np.exp(2j * np.pi * nu * t - np.pi * 40.0 * t)
+
+
+def test_fsl_fit_curve_and_baseline_come_from_results_to_spectrum(study_files, tmp_path,
+                                                                  monkeypatch):
+    """fsl_mrs saves CSVs only: the backend asks FSL-MRS's results_to_spectrum for the model
+    and baseline, draws and QCs them in data units (divided by the scale k); without it the
+    fit stands, the QC page has no curve and the contract says why."""
+    import os
+    import sys
+    from pathlib import Path
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fmt = {"python": sys.executable, "tests": str(Path(__file__).parent)}
+    (bindir / "fsl_mrs").write_text(FAKE_FSL_MRS.format(**fmt))
+    (bindir / "fsl_mrs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    out = tmp_path / "bare"
+    d = F.run_fit(study_files["metab"], None, study_files["basis"], out / "f.json",
+                  out / "f.tsv", out / "f.png", backend="fsl_mrs")
+    assert d["success"] and "results_to_spectrum (FSL-MRS) not on PATH" in d["extra"]["fit_curve"]
+    assert "fit_qc" not in d["extra"]
+
+    (bindir / "results_to_spectrum").write_text(FAKE_RESULTS_TO_SPECTRUM.format(**fmt))
+    (bindir / "results_to_spectrum").chmod(0o755)
+    out = tmp_path / "full"
+    d = F.run_fit(study_files["metab"], None, study_files["basis"], out / "f.json",
+                  out / "f.tsv", out / "f.png", backend="fsl_mrs")
+    from mrsflow.fit.builtin import _fit_bins
+    from mrsflow.fit.fsl_mrs import _fsl_plot_arrays
+
+    fid, dwell, f0, _ = F.read_nifti_mrs(study_files["metab"])
+    arrays = _fsl_plot_arrays(out / "f_fsl_mrs", fid, dwell, f0, 4.65, d)  # what is drawn
+    assert d["extra"]["fit_curve"] == "results_to_spectrum"
+    base = fake_fsl_baseline(fid)  # in data units: the double wrote k * base
+    idx, nu, _ = _fit_bins(fid.size, DWELL, F0, 4.65, d["ppm_range"])
+    ph = np.exp(-1j * (np.radians(d["phi0_deg"]) + np.radians(d["phi1_deg_per_ppm"]) * nu / F0))
+    np.testing.assert_allclose(arrays["baseline"], np.fft.fft(base)[idx] * ph, rtol=1e-4,
+                               atol=1e-4 * np.abs(arrays["baseline"]).max())
+    np.testing.assert_allclose(arrays["fit"], arrays["data"], rtol=1e-4,
+                               atol=1e-4 * np.abs(arrays["data"]).max())
+    assert np.ptp(arrays["baseline"].real) > 0.01 * np.abs(arrays["data"]).max()
+    q = d["extra"]["fit_qc"]  # the QC sees FSL-MRS's baseline, not zeros
+    assert q["baseline_excursion"] > 0.01 and q["residual_structure"] < 0.1
 
 
 def test_run_fsl_mrs_plumbing_with_a_test_double(study_files, tmp_path, monkeypatch):

@@ -235,6 +235,7 @@ def run_fsl_mrs(
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         raise BackendError(f"fsl_mrs failed (exit {proc.returncode}): "
                                    + (lines[-1] if lines else "no message"))
+    curve_problem = export_fit_spectra(out_dir, env)
     water = None
     if water_nii is not None:
         wfid, wdwell, wf0, _ = read_nifti_mrs(water_nii)
@@ -242,7 +243,7 @@ def run_fsl_mrs(
     ignore = set(p.get("ignore", []) or [])
     used = [n for n in basis.names if n not in ignore]
     _, order, group_members = _fsl_group_entries(used, p.get("groups"))
-    return parse_fsl_mrs_output(
+    d = parse_fsl_mrs_output(
         out_dir,
         amplitude_scale=k,
         group_names=order,
@@ -256,6 +257,31 @@ def run_fsl_mrs(
         water=water,
         version=version,
     )
+    d["extra"]["fit_curve"] = curve_problem or "results_to_spectrum"
+    return d
+
+
+#: Files FSL-MRS's ``results_to_spectrum`` writes into the results folder (model and baseline
+#: as NIfTI-MRS FIDs, in the units of the data it fitted): ``fsl_mrs`` itself saves only CSVs
+#: (and, with --report, HTML), so without them the QC page has no fitted curve or baseline.
+FIT_FILE, BASELINE_FILE = "fit", "fit_baseline"
+
+
+def export_fit_spectra(out_dir: Path, env: dict | None = None) -> str | None:
+    """Run FSL-MRS's ``results_to_spectrum OUT --export_baseline -o OUT -f fit`` (installed
+    with ``fsl_mrs``; it rebuilds the model from ``all_parameters.csv`` and ``options.txt``).
+    -> None when ``fit`` and ``fit_baseline`` were written, else why not (the fit itself
+    stands; its QC page then shows the data without a model)."""
+    exe = shutil.which("results_to_spectrum")
+    if exe is None:
+        return "results_to_spectrum (FSL-MRS) not on PATH: no fitted curve or baseline"
+    cmd = [exe, str(out_dir), "--export_baseline", "-o", str(out_dir), "-f", FIT_FILE]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode != 0 or not any(Path(out_dir).glob(f"{BASELINE_FILE}.nii*")):
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        return (f"results_to_spectrum failed (exit {proc.returncode}): "
+                + (lines[-1] if lines else "no baseline file written"))
+    return None
 
 
 def _fsl_mrs_version() -> str:
@@ -410,7 +436,7 @@ def parse_fsl_mrs_output(
     if data_fid is not None:
         noise = estimate_noise_sd(data_fid, dwell_s, f0_mhz, centre_ppm)
         noise_sd = noise
-        fit_path = next(iter(sorted(out_dir.glob("fit.nii*"))), None)
+        fit_path = next(iter(sorted(out_dir.glob(f"{FIT_FILE}.nii*"))), None)
         if fit_path is not None:
             model = read_nifti_mrs(fit_path)[0] / k  # FSL-MRS writes NIfTI-MRS too
             if model.size == data_fid.size:
@@ -449,19 +475,23 @@ def parse_fsl_mrs_output(
 
 
 def _fsl_plot_arrays(out_dir: Path, fid, dwell, f0, centre, d: dict) -> dict:
-    """Data and (if FSL-MRS wrote ``fit.nii.gz``) model spectra over the fit range, phase-
-    corrected with the reported phases, for :func:`plot_fit`."""
+    """Data, model and baseline spectra (the latter two from :func:`export_fit_spectra`'s
+    files, NaN where absent) over the fit range, phase-corrected with the reported phases,
+    for :func:`plot_fit` and :func:`mrsflow.qc.fit_qc`."""
 
     idx, nu, ppm = _fit_bins(fid.size, dwell, f0, centre, d["ppm_range"])
     phi0 = math.radians(d["phi0_deg"]) if _finite(d["phi0_deg"]) else 0.0
     phi1 = d["phi1_deg_per_ppm"] if _finite(d["phi1_deg_per_ppm"]) else 0.0
     ph = np.exp(-1j * (phi0 + math.radians(phi1) * nu / f0))
     data = np.fft.fft(fid)[idx] * ph
-    fit = np.full_like(data, np.nan)
     k = float(d.get("extra", {}).get("amplitude_scale", 1.0))
-    fit_path = next(iter(sorted(Path(out_dir).glob("fit.nii*"))), None)
-    if fit_path is not None:
-        model = read_nifti_mrs(fit_path)[0] / k
-        if model.size == fid.size:
-            fit = np.fft.fft(model)[idx] * ph
-    return {"ppm": ppm, "data": data, "fit": fit, "baseline": np.zeros_like(data)}
+
+    def model(stem: str) -> np.ndarray:
+        path = next(iter(sorted(Path(out_dir).glob(f"{stem}.nii*"))), None)
+        if path is not None:
+            y = read_nifti_mrs(path)[0] / k
+            if y.size == fid.size:
+                return np.fft.fft(y)[idx] * ph
+        return np.full_like(data, np.nan)
+
+    return {"ppm": ppm, "data": data, "fit": model(FIT_FILE), "baseline": model(BASELINE_FILE)}

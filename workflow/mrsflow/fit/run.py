@@ -197,7 +197,8 @@ def _run_fit(metab_nii, water_nii, basis_dir, out_json, out_tsv, *, backend, par
         if p.get("protocol"):
             d.setdefault("extra", {})["protocol"] = p["protocol"]
         arrays = _fsl_plot_arrays(out_dir, fid, dwell, f0, centre, d)
-        if _finite(d.get("noise_sd")) and np.all(np.isfinite(arrays["fit"])):
+        curves = all(np.all(np.isfinite(arrays[key])) for key in ("fit", "baseline"))
+        if _finite(d.get("noise_sd")) and curves:
             d.setdefault("extra", {})["fit_qc"] = qc.fit_qc(
                 arrays["ppm"], arrays["data"], arrays["fit"], arrays["baseline"],
                 float(d["noise_sd"]))
