@@ -41,6 +41,7 @@ rule all:
         "results/stats/summary.md",
         REPORT_OUTPUTS,
         expand("results/figures/fig{n}.{ext}", n=[1, 2, 3], ext=["pdf", "png"]),
+        expand("results/figures/figS1_linewidth.{ext}", ext=["pdf", "png"]),
         compare_outputs(),
 
 

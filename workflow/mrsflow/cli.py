@@ -121,6 +121,15 @@ def _mni_template(a: argparse.Namespace) -> None:
     register.write_prepared_template(Path(a.out))
 
 
+def _match_linewidth(a: argparse.Namespace) -> None:
+    from mrsflow import linewidth
+
+    for rec in linewidth.run_participant(a.plan, a.params):
+        print(f"{rec['scan']}: {rec['measure']} {rec['before_hz']:.2f} -> {rec['after_hz']:.2f}"
+              f" Hz (target {rec['target_hz']:.2f}, {rec['kind']} {rec['broadening_hz']:.2f} Hz)"
+              f" {rec['note']}", flush=True)
+
+
 def _preprocess_participant(a: argparse.Namespace) -> None:
     from mrsflow import preprocess
 
@@ -235,6 +244,13 @@ def _figure3(a: argparse.Namespace) -> None:
                     models=a.models, panels=a.panels)
 
 
+def _figure_s1(a: argparse.Namespace) -> None:
+    from mrsflow import figures
+
+    figures.figure_s1(Path(a.metabolites), Path(a.stats_dir), Path(a.pdf), Path(a.png),
+                      models=a.models)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mrsflow", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -335,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_json, default={}, help="config 'preprocess' as JSON")
     p.add_argument("--page", help="optional QC page (PNG): every processed spectrum")
     p.set_defaults(func=_preprocess_participant)
+
+    p = sub.add_parser("match-linewidth",
+                       help="match the linewidths of the scans of each of a participant's sessions")
+    p.add_argument("--plan", type=_json, required=True, help="JSON: a list, one dict per scan")
+    p.add_argument("--params", type=_json, default={},
+                   help="config 'preprocess.linewidth_matching' as JSON")
+    p.set_defaults(func=_match_linewidth)
 
     p = sub.add_parser("fit-participant", help="fit every processed spectrum of a participant")
     p.add_argument("--plan", type=_json, required=True, help="JSON: a list, one dict per scan")
@@ -451,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--panels", type=_json, default=None,
                    help="config 'figures.fig3' as JSON (default: the paper's)")
     p.set_defaults(func=_figure3)
+
+    p = sub.add_parser("figure-s1", help="Fig. S1: linewidth by film and group")
+    for name in ("--metabolites", "--stats-dir", "--pdf", "--png"):
+        p.add_argument(name, required=True)
+    p.add_argument("--models", type=_json, default=None, help="config 'stats' as JSON")
+    p.set_defaults(func=_figure_s1)
     return ap
 
 

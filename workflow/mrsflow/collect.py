@@ -35,7 +35,8 @@ def build_tables(
 ) -> dict[str, pd.DataFrame]:
     """The three tables from the raw folder's sheets and each scan's outputs.
 
-    ``patterns`` map 'fit', 'tissue', 'qc' to path templates with {pid}, {ses}, {film}.
+    ``patterns`` map 'fit', 'tissue', 'qc' (and, with linewidth matching on, 'linewidth':
+    the records of :mod:`mrsflow.linewidth`) to path templates with {pid}, {ses}, {film}.
     """
     study = load_study(Path(raw_dir), check_files=False)
     seq = cfg["sequence"]
@@ -48,15 +49,21 @@ def build_tables(
     for scan in scans:
         keys = {"pid": scan["participant_id"], "ses": scan["session"], "film": scan["film"]}
         outputs.append([_load_json(patterns[k].format(**keys)) for k in ("fit", "tissue", "qc")])
+    linewidths = [
+        _load_json(patterns["linewidth"].format(pid=s["participant_id"], ses=s["session"],
+                                                film=s["film"]))
+        if patterns.get("linewidth") else None
+        for s in scans
+    ]
     shared = shared_raw_data(scans, [qc for _, _, qc in outputs])
-    for scan, (fit, tissue, qc) in zip(scans, outputs, strict=True):
+    for scan, (fit, tissue, qc), lw in zip(scans, outputs, linewidths, strict=True):
         key = (scan["participant_id"], scan["session"], scan["film"])
         # the scan's own TE and TR (its header, recorded by the fit step), else `sequence`
         proto = (fit.get("extra") or {}).get("protocol") or {}
         scan_rows = quantify.scan_rows(
             scan, fit, tissue, qc, te_ms=float(proto.get("te_ms", te_ms)),
             tr_ms=float(proto.get("tr_ms", tr_ms)), params=params, rules=cfg["qc"],
-            extra_reasons=shared.get(key, ()),
+            extra_reasons=shared.get(key, ()), linewidth=lw,
         )
         rows.extend(scan_rows)
         if scan_rows and not scan_rows[0]["qc_pass"]:

@@ -926,3 +926,60 @@ def figure3(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | None 
         save(fig, out_pdf, out_png)
     return {"summary": pd.DataFrame(rows),
             "status": {k: pm.status for k, pm in pms.items() if pm.status}}
+
+
+# ---------------------------------------------------------------------------------------
+# Supplementary figure S1: linewidth by film and group (functional MRS, mrsflow.linewidth)
+
+LINEWIDTH_MODEL = "linewidth_group_film_lmm"
+
+
+def figure_s1(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | None = None
+              ) -> dict:
+    """Figure S1: each scan's linewidth (the matching measure's FWHM, Hz) during the neutral
+    and the cocaine film by group (CUD on the placebo session, HC), (a) as acquired and (b)
+    as fitted (after linewidth matching; equal to (a) when matching is off); participant
+    lines, means +/- 95 % CI, and (a) the film contrasts of the linewidth mixed model
+    (:data:`LINEWIDTH_MODEL`), or why they are missing."""
+    table = read_table(metabolites)
+    pm = PanelModel("figure S1", {"model": LINEWIDTH_MODEL,
+                                  "contrasts": {"CUD": "film_in_CUD", "HC": "film_in_HC"}},
+                    models, stats_dir)
+    if pm.filter is None:  # the model is not run: the paper's analysis set all the same
+        pm.filter = "metabolite == 'Glu' and qc_pass and drug != 'nac'"
+    data = pm.data(table)
+    measure = str(data["linewidth_measure"].dropna().iloc[0]) if len(data) else "water"
+    starts = (0.0, 2.6)
+    titles = {"HC": "HC", "CUD": "CUD, placebo session"}
+    rows = []
+    with _rc():
+        fig = _new_figure(90.0)
+        panels = [("a", "linewidth_hz", "As acquired (before matching)", True),
+                  ("b", "linewidth_matched_hz", "As fitted (after matching)", False)]
+        values = np.r_[data["linewidth_hz"].to_numpy(float),
+                       data["linewidth_matched_hz"].to_numpy(float)]
+        for sf, (letter, col, heading, contrasts) in zip(
+            fig.subfigures(1, 2, wspace=0.03), panels, strict=True
+        ):
+            ax = sf.subplots()
+            r = _paired_blocks(ax, data, col, "group", GROUPS, "film", FILMS, COLOURS, starts)
+            rows.extend({"panel": letter, "value": col, **x} for x in r)
+            ticks = [s + i for s in starts for i in range(len(FILMS))]
+            labels = []
+            for lvl, s0 in zip(GROUPS, starts, strict=True):
+                ns = [x["n"] for x in r if x["group"] == lvl]
+                labels.append((s0 + 0.5, f"{titles[lvl]}\n({_n_label(ns)})"))
+            _set_cond_axis(ax, ticks, list(FILMS) * len(GROUPS), labels)
+            _ylim(ax, np.r_[values, [x[k] for x in r for k in ("ci_low", "ci_high")]],
+                  head=0.5)
+            if contrasts:
+                for lvl, s0 in zip(GROUPS, starts, strict=True):
+                    ax.text(s0 + 0.5, 0.99, "cocaine \u2212 neutral:\n"
+                            + _level_text(pm, lvl, "Hz"), transform=ax.get_xaxis_transform(),
+                            ha="center", va="top", fontsize=6.0, color=COLOURS[lvl])
+            if data.empty:
+                _message(ax, "no data", axis_off=False)
+            ax.set_ylabel(f"linewidth, {measure} FWHM (Hz)")
+            _sf_label(sf, letter, heading)
+        save(fig, out_pdf, out_png)
+    return {"summary": pd.DataFrame(rows), "status": {"a": pm.status} if pm.status else {}}

@@ -188,6 +188,10 @@ METABOLITE_COLUMNS = [
     "snr",
     "linewidth_water_hz",
     "linewidth_naa_hz",
+    "linewidth_measure",
+    "linewidth_hz",
+    "linewidth_matched_hz",
+    "linewidth_broadening_hz",
     "fit_quality",
     "f_gm",
     "f_wm",
@@ -275,9 +279,14 @@ def scan_rows(
     params: QuantParams,
     rules: Mapping,
     extra_reasons: list[str] | tuple[str, ...] = (),
+    linewidth: Mapping | None = None,
 ) -> list[dict]:
     """One row per fitted metabolite (and combination) of one scan (a scan that was not
-    fitted: its rows with empty concentrations, excluded with the reason)."""
+    fitted: its rows with empty concentrations, excluded with the reason). ``linewidth``:
+    the scan's linewidth-matching record (:mod:`mrsflow.linewidth`; None: matching off, the
+    water FWHM of preprocessing before and after, no broadening)."""
+    lw = dict(linewidth or {"measure": "water", "before_hz": qc.get("linewidth_water_hz"),
+                            "after_hz": qc.get("linewidth_water_hz"), "broadening_hz": 0.0})
     fractions = {"gm": float(tissue["GM"]), "wm": float(tissue["WM"]), "csf": float(tissue["CSF"])}
     ok, reason = qc_verdict(qc, fit, rules, extra_reasons)
     note = "; ".join(qc.get("sanity", {}).get("notes", []))
@@ -315,6 +324,10 @@ def scan_rows(
                 "snr": qc.get("snr"),
                 "linewidth_water_hz": qc.get("linewidth_water_hz"),
                 "linewidth_naa_hz": qc.get("linewidth_naa_hz"),
+                "linewidth_measure": lw.get("measure"),
+                "linewidth_hz": lw.get("before_hz"),
+                "linewidth_matched_hz": lw.get("after_hz"),
+                "linewidth_broadening_hz": lw.get("broadening_hz"),
                 "fit_quality": fit.get("fit_quality"),
                 "f_gm": fractions["gm"],
                 "f_wm": fractions["wm"],

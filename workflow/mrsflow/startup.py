@@ -39,6 +39,7 @@ STAGES: Mapping[str, tuple[str, ...]] = {
     "mm": ("mm.py",),
     "convert": ("convert.py",),
     "preprocess": ("preprocess.py",),
+    "linewidth": ("linewidth.py",),
     "segment": ("segment.py", "register.py"),
     "fit": ("fit/__init__.py", "agreement.py"),
     "quantify": ("collect.py",),

@@ -64,7 +64,7 @@ rule mm_spectrum:
         code=CODE["mm"],
         mm=lambda w: as_json(PROTOCOLS[w.name]["mm"]),
         raw_dir=RAW,
-        params=as_json(config["preprocess"]),
+        params=as_json(PREPROCESS_PARAMS),
     shell:
         "python -m mrsflow mm-spectrum --mm {params.mm:q} --raw-dir {params.raw_dir:q}"
         " --params {params.params:q} --out {output.nii:q} --png {output.png:q} > {log} 2>&1"

@@ -207,6 +207,18 @@ SCAN_STEM = "{pid}/{ses}/mrs/{pid}_{ses}_task-{film}"
 PRE = f"results/preprocess/{SCAN_STEM}"
 SEGOUT = f"results/segment/{SCAN_STEM}"
 FIT = f"results/fit/{SCAN_STEM}"
+LWM = f"results/linewidth/{SCAN_STEM}"
+# preprocess.linewidth_matching: the spectra of a participant's session broadened to the
+# broadest before fitting (rule match_linewidth, mrsflow.linewidth); off: the fit reads the
+# processed spectra
+LW_MATCH = bool(
+    config["preprocess"].get("linewidth_matching", {}).get("enabled", False)
+)
+FIT_INPUT = "linewidth" if LW_MATCH else "preprocess"
+# what mrsflow.preprocess takes (the matching block goes to rule match_linewidth)
+PREPROCESS_PARAMS = {
+    k: v for k, v in config["preprocess"].items() if k != "linewidth_matching"
+}
 
 
 def sheet_files():
@@ -259,6 +271,9 @@ def scan_files(pid, ses, film):
         "tissue": f"{seg}_desc-tissue.json",
         "fit_json": f"{fit}_desc-fit.json",
         "fit_tsv": f"{fit}_desc-fit.tsv",
+        "metab_matched": f"{LWM.format(**keys)}_desc-metab_svs.nii.gz",
+        "water_matched": f"{LWM.format(**keys)}_desc-water_svs.nii.gz",
+        "linewidth": f"{LWM.format(**keys)}_desc-linewidth.json",
     }
 
 
@@ -374,6 +389,23 @@ def preprocess_plan(pid):
     return plan
 
 
+def linewidth_plan(pid):
+    plan = []
+    for row in _ROWS[pid]:
+        f = scan_files(pid, row.session, row.film)
+        plan.append(
+            {
+                "session": row.session,
+                "metab": f["metab"],
+                "water": f["water"],
+                "metab_out": f["metab_matched"],
+                "water_out": f["water_matched"],
+                "record": f["linewidth"],
+            }
+        )
+    return plan
+
+
 def fit_plan(pid, backend=None):
     """A participant's fit plan; with ``backend``, the plan of that compared backend (its
     fits under results/fit_compare/<backend>/, the same spectra)."""
@@ -384,8 +416,8 @@ def fit_plan(pid, backend=None):
             f = {k: compare_path(v, backend) for k, v in f.items()}
         plan.append(
             {
-                "metab": f["metab"],
-                "water": f["water"],
+                "metab": f["metab_matched"] if LW_MATCH else f["metab"],
+                "water": f["water_matched"] if LW_MATCH else f["water"],
                 "tissue": f["tissue"],
                 "qc": f["qc"],
                 "json": f["fit_json"],
@@ -448,6 +480,7 @@ def plan_json(step, pid, backend=None):
         "convert": convert_plan,
         "segment": segment_plan,
         "preprocess": preprocess_plan,
+        "linewidth": linewidth_plan,
         "fit": fit_plan,
     }
     return as_json(plans[step](pid))

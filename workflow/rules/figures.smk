@@ -38,7 +38,8 @@ rule figure1:
         png=report(
             "results/figures/fig1.png",
             caption="../report/fig1.rst",
-            category="1. Figures",
+            category="2. Results",
+            subcategory="Figures",
             labels={"figure": "1"},
         ),
     log:
@@ -80,7 +81,8 @@ rule figure2:
         png=report(
             "results/figures/fig2.png",
             caption="../report/fig2.rst",
-            category="1. Figures",
+            category="2. Results",
+            subcategory="Figures",
             labels={"figure": "2"},
         ),
     log:
@@ -113,7 +115,8 @@ rule figure3:
         png=report(
             "results/figures/fig3.png",
             caption="../report/fig3.rst",
-            category="1. Figures",
+            category="2. Results",
+            subcategory="Figures",
             labels={"figure": "3"},
         ),
     log:
@@ -135,3 +138,42 @@ rule figure3:
         "python -m mrsflow figure3 --metabolites {input.metabolites:q}"
         " --stats-dir {params.stats_dir:q} --models {params.models:q}"
         " --panels {params.panels:q} --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"
+
+
+# Supplementary: each scan's linewidth by film and group, before and after linewidth
+# matching (functional MRS: the BOLD narrowing during the cocaine film; mrsflow.linewidth)
+rule figure_s1:
+    input:
+        metabolites="results/tables/metabolites.tsv",
+        stats=[
+            f"results/stats/{m}.tsv"
+            for m in STATS_MODELS
+            if m == "linewidth_group_film_lmm"
+        ],
+    output:
+        pdf="results/figures/figS1_linewidth.pdf",
+        png=report(
+            "results/figures/figS1_linewidth.png",
+            caption="../report/figS1.rst",
+            category="2. Results",
+            subcategory="Figures",
+            labels={"figure": "S1"},
+        ),
+    log:
+        "results/logs/figures/figure_s1.log",
+    benchmark:
+        "results/benchmarks/figures/figure_s1.tsv"
+    conda:
+        "../../envs/figures.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        code=CODE["figures"],
+        stats_dir="results/stats",
+        models=as_json(config["stats"]),
+    shell:
+        "python -m mrsflow figure-s1 --metabolites {input.metabolites:q}"
+        " --stats-dir {params.stats_dir:q} --models {params.models:q}"
+        " --pdf {output.pdf:q} --png {output.png:q} > {log} 2>&1"

@@ -4,7 +4,7 @@
 
 rule fit:
     input:
-        preprocessed="results/preprocess/{pid}",
+        preprocessed=f"results/{FIT_INPUT}/{{pid}}",
         segmented="results/segment/{pid}",
         bases=participant_bases,
     output:
@@ -36,7 +36,7 @@ rule fit:
 # the primary backend), and the agreement of the two per metabolite (mrsflow.agreement).
 rule fit_compare:
     input:
-        preprocessed="results/preprocess/{pid}",
+        preprocessed=f"results/{FIT_INPUT}/{{pid}}",
         segmented="results/segment/{pid}",
         bases=participant_bases,
     output:

@@ -21,7 +21,34 @@ rule preprocess:
     params:
         code=CODE["preprocess"],
         plan=lambda w: plan_json("preprocess", w.pid),
-        params=as_json(config["preprocess"]),
+        params=as_json(PREPROCESS_PARAMS),
     shell:
         "python -m mrsflow preprocess-participant --plan {params.plan:q}"
+        " --params {params.params:q} > {log} 2>&1"
+
+
+# Optional (preprocess.linewidth_matching.enabled): the scans of each session broadened to
+# the broadest one's linewidth before fitting, against the BOLD narrowing of functional MRS
+# (mrsflow.linewidth). One job per participant; the fit reads its spectra.
+rule match_linewidth:
+    input:
+        "results/preprocess/{pid}",
+    output:
+        directory("results/linewidth/{pid}"),
+    log:
+        "results/logs/linewidth/{pid}.log",
+    benchmark:
+        "results/benchmarks/linewidth/{pid}.tsv"
+    conda:
+        "../../envs/preprocess.yaml"
+    threads: 1
+    resources:
+        mem_mb=800,
+        runtime=10,
+    params:
+        code=CODE["linewidth"],
+        plan=lambda w: plan_json("linewidth", w.pid),
+        params=as_json(config["preprocess"].get("linewidth_matching", {})),
+    shell:
+        "python -m mrsflow match-linewidth --plan {params.plan:q}"
         " --params {params.params:q} > {log} 2>&1"

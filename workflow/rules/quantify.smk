@@ -7,6 +7,7 @@ rule quantify:
         fitted=participant_dirs("fit"),
         segmented=participant_dirs("segment"),
         preprocessed=participant_dirs("preprocess"),
+        matched=participant_dirs("linewidth") if LW_MATCH else [],
     output:
         metabolites=report(
             "results/tables/metabolites.tsv",
@@ -40,6 +41,7 @@ rule quantify:
                 "fit": f"{FIT}_desc-fit.json",
                 "tissue": f"{SEGOUT}_desc-tissue.json",
                 "qc": f"{PRE}_desc-qc.json",
+                **({"linewidth": f"{LWM}_desc-linewidth.json"} if LW_MATCH else {}),
             }
         ),
     shell:

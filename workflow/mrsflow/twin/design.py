@@ -140,6 +140,11 @@ def study_design(cfg: Mapping) -> Design:
                         "film": film,
                         "snr": round(snr, 3),
                         "linewidth_hz": round(lw, 3),
+                        # BOLD-like T2* change during the cocaine film (no random draw)
+                        "bold_linewidth_hz": float(
+                            (eff.get("film_linewidth_hz") or {}).get(group, 0.0)
+                            if film == "cocaine" else 0.0
+                        ),
                         "voxel_mni_x": round(float(centre[0]), 3),
                         "voxel_mni_y": round(float(centre[1]), 3),
                         "voxel_mni_z": round(float(centre[2]), 3),

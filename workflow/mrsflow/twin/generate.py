@@ -108,6 +108,7 @@ def scan_spec(cfg: Mapping, scan, twin: Mapping) -> spectra.ScanSpec:
         mode=twin["mode"],
         target_snr=float(scan.snr),
         target_linewidth_hz=float(scan.linewidth_hz),
+        bold_linewidth_hz=float(getattr(scan, "bold_linewidth_hz", 0.0)),
         n_water_ref=int(twin["water_transients"]),
         **{k: tuple(v) if isinstance(v, list) else v for k, v in twin["artefacts"].items()},
     )
@@ -284,6 +285,7 @@ def write_participant(
                 "mm_area": mm_area,
                 "lineshape": spec.lineshape,
                 "eddy_residual_fraction": spec.eddy_residual_fraction,
+                "bold_linewidth_hz": spec.bold_linewidth_hz,
             }
         )
         for row in range(synth.n_rows):

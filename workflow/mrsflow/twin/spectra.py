@@ -127,6 +127,9 @@ class ScanSpec:
     mc_water_asymmetry: float = 0.0  # water amplitude (1 +- a/2) in the two MC states
     lineshape: str = "voigt"  # 'voigt' | 'voxel' (sub-voxel field distribution, see above)
     eddy_residual_fraction: float = 0.0  # metabolites' extra eddy-current phase vs water
+    # BOLD-like change of the Lorentzian FWHM (Hz; negative: narrower), water and metabolites
+    # alike, applied after the target linewidth is met (the target is the scan at rest)
+    bold_linewidth_hz: float = 0.0
 
     def __post_init__(self):
         if self.mode not in ("mc", "classic"):
@@ -390,11 +393,13 @@ def synthesize_scan(
     else:
         w = float(width_hz)
     lor, gau = eta * w, (1.0 - eta) * w
-    vt = _lineshape(t, w, eta, voxel)
+    vt = _lineshape(t, w, eta, voxel) * np.exp(-np.pi * spec.bold_linewidth_hz * t)
     m_full = m0 * t2m * ec_res * vt
     ideal_metab = m_full
     ideal_water = float(water_amplitude) * t2w * vt
-    lw_planted = lw_of(w)  # ideal_metab is ideal(w)
+    # ideal_metab is ideal(w) unless a BOLD change was applied on top
+    lw_planted = (lw_of(w) if spec.bold_linewidth_hz == 0 else
+                  qc.linewidth_hz(ideal_metab, dt, spec.f0_mhz, peak_ppm=qc.NAA_PPM))
     lw_water = qc.linewidth_hz(ideal_water, dt, spec.f0_mhz, peak_ppm=qc.WATER_PPM)
 
     # ---- per-row truth -------------------------------------------------------------------------
