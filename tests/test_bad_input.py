@@ -519,14 +519,19 @@ def test_config_values_are_typed(tmp_path, override, key):
 
 
 def test_preprocess_schema_covers_every_parameter():
-    """Every preprocessing parameter can be set in the config, and each is typed."""
-    from mrsflow import preprocess
+    """Every preprocessing parameter can be set in the config, and each is typed; so can
+    every linewidth-matching setting (its own block)."""
+    from mrsflow import linewidth, preprocess
 
     schema = yaml.safe_load((ROOT / "config" / "schemas" / "config.schema.yaml").read_text())
-    props = schema["properties"]["preprocess"]["properties"]
+    props = dict(schema["properties"]["preprocess"]["properties"])
     assert schema["properties"]["preprocess"]["additionalProperties"] is False
+    matching = props.pop("linewidth_matching")
     assert set(props) == set(preprocess.DEFAULTS) - {"timestamp"}
     assert all(("type" in v or "enum" in v or "$ref" in v) for v in props.values())
+    assert matching["additionalProperties"] is False
+    assert set(matching["properties"]) == set(linewidth.DEFAULTS)
+    assert all(("type" in v or "enum" in v) for v in matching["properties"].values())
 
 
 # ---------------------------------------------------------------------------- files (2)

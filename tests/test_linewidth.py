@@ -65,9 +65,22 @@ def test_settings_are_checked_and_a_lone_scan_is_left_alone():
     p = L.settings({"enabled": True})
     (r,) = L.match_session([_scan(3.0)], DW, F0, p)
     assert r["broadening_hz"] == 0.0 and "fewer than two" in r["note"]
-    with pytest.raises(InputError, match="does not reach"):
-        L.match_session([_scan(9.0), _scan(2.0)], DW, F0,
-                        L.settings({"enabled": True, "max_broadening_hz": 2.0}))
+    far = L.match_session([_scan(9.0), _scan(2.0)], DW, F0,
+                          L.settings({"enabled": True, "max_broadening_hz": 2.0}))
+    assert far[1]["broadening_hz"] == 0.0 and "does not reach" in far[1]["note"]
+    assert far[1]["metab"] is not None
+
+
+def test_a_scan_beyond_the_qc_linewidth_limit_sets_no_target():
+    """A scan QC will exclude for its linewidth neither sets the session's target nor is
+    broadened; the others are matched among themselves."""
+    p = L.settings({"enabled": True, "measure": "naa"})
+    scans = [_scan(2.0), _scan(2.5), _scan(12.0)]
+    wide = L.measure_hz(scans[2]["metab"], None, DW, F0, "naa")
+    out = L.match_session(scans, DW, F0, {**p, "max_linewidth_hz": wide - 1.0})
+    assert out[0]["target_hz"] == pytest.approx(out[1]["before_hz"])
+    assert out[2]["broadening_hz"] == 0.0 and "above max_linewidth_hz" in out[2]["note"]
+    assert out[0]["after_hz"] == pytest.approx(out[1]["before_hz"], abs=0.03)
 
 
 def test_run_participant_writes_matched_spectra_and_records(tmp_path):

@@ -7,41 +7,61 @@ so a new command cannot slip in untested:
   ``snakemake --profile workflow/profiles/default`` runs here, as written, in a copy of the
   repository whose ``config/config.yaml`` asks for a smaller twin (4 CUD + 4 HC), then again
   (it must do nothing);
-- ``snakemake --report results/report.html``, as written, in the same copy after that run;
-- the SLURM command: run by CI's cluster stage (``.ci/slurm_stage.sh``) on a real SLURM.
+- ``snakemake --report results/report.html``, as written, in the same copy after that run
+  (the session's ``small_twin`` run, conftest.py, which other tests reuse);
+- the SLURM command: run by CI's cluster stage (``.ci/slurm_stage.sh``) on a real SLURM;
+- the commands of "Use this workflow for your own study": run by ``tests/test_deploy.py``, as
+  written but for the clone's path in place of ``/path/to/mrsflow``.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
-import yaml
-from conftest import BIN, ROOT
+from conftest import README_MAIN, README_REPORT, ROOT
 
 SETUP = ("python3.11 -m venv .venv && . .venv/bin/activate && pip install -r "
          "envs/requirements.lock && pip install --no-deps -e . && ")
-MAIN = "snakemake --profile workflow/profiles/default"
-REPORT = "snakemake --report results/report.html"
+MAIN = README_MAIN
+REPORT = README_REPORT
 SLURM = "snakemake --profile workflow/profiles/slurm --default-resources slurm_partition="
+# the section whose commands tests/test_deploy.py runs (its placeholder: the clone's path)
+DEPLOY_SECTION = "Use this workflow for your own study"
+CLONE_PLACEHOLDER = "/path/to/mrsflow"
+
+
+def sh_blocks(text: str) -> list[list[str]]:
+    """The commands of each ```sh block of a Markdown text, one list per block."""
+    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
+    return [[ln.strip() for ln in b.splitlines() if ln.strip()] for b in blocks]
 
 
 def readme_commands() -> list[str]:
+    return [c for block in sh_blocks((ROOT / "README.md").read_text()) for c in block]
+
+
+def readme_section(title: str) -> str:
+    """The text of the README's ``## <title>`` section (up to the next ``## `` heading)."""
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```sh\n(.*?)```", text, flags=re.S)
-    return [ln.strip() for b in blocks for ln in b.splitlines() if ln.strip()]
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
+    assert m, f"README has no section '## {title}'"
+    return m.group(1)
+
+
+def deploy_commands() -> list[list[str]]:
+    """The command blocks of "Use this workflow for your own study" (tests/test_deploy.py)."""
+    return sh_blocks(readme_section(DEPLOY_SECTION))
 
 
 def test_every_readme_command_is_known():
     cmds = readme_commands()
     assert cmds.count(SETUP + MAIN) == 1 and cmds.count(SETUP + "pytest") == 1, cmds
     assert REPORT in cmds
+    deploy = [c for block in deploy_commands() for c in block]
+    assert any(c.startswith("snakedeploy deploy-workflow") for c in deploy), deploy
     unknown = [c for c in cmds if c not in (SETUP + MAIN, SETUP + "pytest", REPORT)
-               and not c.startswith(SLURM)]
+               and c not in deploy and not c.startswith(SLURM)]
     assert unknown == [], f"README commands no test runs: {unknown}"
 
 
@@ -56,45 +76,17 @@ def test_ci_runs_the_readme_test_command_and_the_slurm_command():
     assert "--default-resources slurm_partition=ci" in command
 
 
-def _copy_repository(dest: Path) -> None:
-    """The repository's files as a fresh clone has them (no results, venv or metadata)."""
-    def ignore(folder, names):
-        top = Path(folder) == ROOT
-        skip = {".venv", ".git", ".snakemake", "__pycache__", ".pytest_cache", ".ruff_cache"}
-        out = {n for n in names if n in skip or n.endswith(".egg-info")}
-        if top:
-            out |= {"results"}
-        return out
-
-    shutil.copytree(ROOT, dest, ignore=ignore)
-    (dest / "results").mkdir()
-    shutil.copy2(ROOT / "results" / "README.md", dest / "results" / "README.md")
-
-
-def _sh(command: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.mark.slow
-def test_main_and_report_commands_run_as_written(tmp_path):
-    clone = tmp_path / "clone"
-    _copy_repository(clone)
-    cfg_path = clone / "config" / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["twin"].update(n_cud=4, n_hc=4)
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-    run = _sh(MAIN, clone)
+def test_main_and_report_commands_run_as_written(small_twin):
+    clone, run = small_twin.clone, small_twin.main
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for rel in ("figures/fig1.pdf", "tables/metabolites.tsv", "verification.tsv",
                 "stats/summary.md"):
         assert (clone / "results" / rel).is_file(), rel
-    again = _sh(MAIN, clone)
+    again = small_twin.again
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
-    report = _sh(REPORT, clone)
+    report = small_twin.report
     assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
     html = clone / "results" / "report.html"
     assert html.is_file() and html.stat().st_size > 100_000

@@ -16,7 +16,8 @@ def test_snakemake_lint_is_clean():
 
 
 def test_rules_are_snakefmt_formatted():
-    files = ["Snakefile", *map(str, sorted((ROOT / "workflow" / "rules").glob("*.smk")))]
+    files = ["Snakefile", "workflow/Snakefile",
+             *map(str, sorted((ROOT / "workflow" / "rules").glob("*.smk")))]
     proc = subprocess.run(
         [str(BIN / "snakefmt"), "--check", *files], cwd=ROOT, capture_output=True, text=True
     )
@@ -41,3 +42,26 @@ def test_default_dag_dry_run():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # the default DAG builds the basis set from the config
     assert re.search(r"^basis\s+1$", proc.stdout, flags=re.M), proc.stdout
+
+
+def test_linewidth_matching_puts_its_rule_between_preprocessing_and_fitting(tmp_path):
+    """preprocess.linewidth_matching.enabled: one match_linewidth job per participant, the
+    fits read its spectra and the tables its records; off (default): no such job."""
+    from conftest import snakemake_with_override
+
+    override = {"twin": {"n_cud": 2, "n_hc": 2},
+                "preprocess": {"linewidth_matching": {"enabled": True, "measure": "naa"}}}
+    proc = snakemake_with_override(tmp_path, override, "-n", "--forceall", "-p",
+                                   "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert re.search(r"^match_linewidth\s+4$", proc.stdout, flags=re.M), out
+    proc = snakemake_with_override(tmp_path, override, "-n", "--forceall", "-p",
+                                   "results/fit/sub-cud01", "results/tables/metabolites.tsv")
+    out = proc.stdout + proc.stderr
+    assert "results/linewidth/sub-cud01/ses-1/mrs/sub-cud01_ses-1_task-cocaine_desc-metab" \
+        in out  # the fit plan names the matched spectra
+    assert "_desc-linewidth.json" in out  # quantify reads the records
+    override["preprocess"]["linewidth_matching"]["enabled"] = False
+    proc = snakemake_with_override(tmp_path, override, "-n", "--forceall", "--quiet", "rules")
+    assert proc.returncode == 0 and "match_linewidth" not in proc.stdout

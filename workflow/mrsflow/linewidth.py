@@ -13,7 +13,10 @@ participant's session:
   reference (``water``, default: the highest-SNR line and the one BOLD acts on most directly)
   or of a metabolite singlet of the metabolite spectrum (``naa`` 1.9-2.1 ppm, ``cr``
   2.95-3.10 ppm);
-- target: the broadest scan of the session on that measure;
+- target: the broadest scan of the session on that measure, among the scans within
+  ``max_linewidth_hz`` (the workflow passes the QC limit of that line, ``qc.linewidth_*_max_hz``:
+  a scan QC will exclude for its linewidth must not drag the others down to it; it is left
+  as it is, and so is a scan the target cannot be reached for within ``max_broadening_hz``);
 - broadening: each narrower scan's metabolite and water FIDs are multiplied by the same
   ``exp(-pi b t)`` (``lorentzian``, the shape of a T2* change) or ``exp(-(pi b t)^2 /
   (4 ln 2))`` (``gaussian``), with ``b`` (Hz) found by root finding so that the measure of
@@ -44,7 +47,7 @@ MEASURES: dict[str, tuple[tuple[float, float], str]] = {
 }
 KINDS = ("lorentzian", "gaussian")
 DEFAULTS = {"enabled": False, "measure": "water", "kind": "lorentzian", "tolerance_hz": 0.02,
-            "max_broadening_hz": 10.0}
+            "max_broadening_hz": 10.0, "max_linewidth_hz": None}
 
 
 def settings(params: dict | None) -> dict:
@@ -111,7 +114,8 @@ def match_session(scans: list[dict], dwell_s: float, f0_mhz: float, p: dict) -> 
     finite keeps its spectrum and is named in ``note``; with fewer than two measurable scans
     nothing is broadened."""
     before = [measure_hz(s["metab"], s["water"], dwell_s, f0_mhz, p["measure"]) for s in scans]
-    ok = [b for b in before if math.isfinite(b)]
+    limit = math.inf if p["max_linewidth_hz"] is None else float(p["max_linewidth_hz"])
+    ok = [b for b in before if math.isfinite(b) and b <= limit]
     target = max(ok) if len(ok) >= 2 else math.nan
     out = []
     for s, lw in zip(scans, before, strict=True):
@@ -120,8 +124,14 @@ def match_session(scans: list[dict], dwell_s: float, f0_mhz: float, p: dict) -> 
         metab, water = s["metab"], s["water"]
         if not math.isfinite(lw):
             rec["note"] = f"no {p['measure']} line measured: spectrum left as it is"
+        elif lw > limit:
+            rec["note"] = (f"{p['measure']} FWHM {lw:.2f} Hz above max_linewidth_hz {limit:g}: "
+                           "neither target nor broadened")
         elif math.isfinite(target):
-            b = broadening_to(metab, water, dwell_s, f0_mhz, target, p)
+            try:
+                b = broadening_to(metab, water, dwell_s, f0_mhz, target, p)
+            except InputError as err:
+                b, rec["note"] = 0.0, f"{err}: spectrum left as it is"
             if b > 0:
                 metab = broaden(metab, dwell_s, b, p["kind"])
                 water = None if water is None else broaden(water, dwell_s, b, p["kind"])

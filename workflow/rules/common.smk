@@ -12,8 +12,11 @@ from types import SimpleNamespace
 import pandas as pd
 
 # The Snakefile itself imports mrsflow (scan table, design): make it importable whether or
-# not the package is pip-installed in the environment that runs snakemake.
-sys.path.insert(0, str(Path(workflow.basedir, "workflow")))
+# not the package is pip-installed in the environment that runs snakemake. The package lies
+# beside this file's folder (workflow/mrsflow), found from this file rather than from the
+# main Snakefile, which is another project's when this workflow is used as a module.
+PACKAGE_ROOT = str(Path(workflow.current_basedir).parent)
+sys.path.insert(0, PACKAGE_ROOT)
 
 from mrsflow import protocol, startup  # noqa: E402
 from mrsflow.errors import InputError  # noqa: E402
@@ -34,7 +37,7 @@ from mrsflow.twin.design import (  # noqa: E402
 # conda envs and cluster jobs alike) without installing it into each environment.
 shell.prefix(
     "set -euo pipefail; export PYTHONPATH="
-    + shlex.quote(str(Path(workflow.basedir, "workflow")))
+    + shlex.quote(PACKAGE_ROOT)
     + "${{PYTHONPATH:+:$PYTHONPATH}}; "
 )
 
@@ -209,12 +212,24 @@ SEGOUT = f"results/segment/{SCAN_STEM}"
 FIT = f"results/fit/{SCAN_STEM}"
 LWM = f"results/linewidth/{SCAN_STEM}"
 # preprocess.linewidth_matching: the spectra of a participant's session broadened to the
-# broadest before fitting (rule match_linewidth, mrsflow.linewidth); off: the fit reads the
+# broadest before fitting (the match_linewidth step, mrsflow.linewidth); off, the fit reads the
 # processed spectra
 LW_MATCH = bool(
     config["preprocess"].get("linewidth_matching", {}).get("enabled", False)
 )
 FIT_INPUT = "linewidth" if LW_MATCH else "preprocess"
+# the match_linewidth step's settings: the matching block, and as the largest linewidth that may
+# set a session's target the QC limit of the measured line (a scan QC will exclude for its
+# linewidth must not drag the others down to it)
+LW_MATCH_PARAMS = {
+    "max_linewidth_hz": config["qc"].get(
+        {"water": "linewidth_water_max_hz", "naa": "linewidth_naa_max_hz"}.get(
+            config["preprocess"].get("linewidth_matching", {}).get("measure", "water"),
+            "",
+        )
+    ),
+    **config["preprocess"].get("linewidth_matching", {}),
+}
 # what mrsflow.preprocess takes (the matching block goes to rule match_linewidth)
 PREPROCESS_PARAMS = {
     k: v for k, v in config["preprocess"].items() if k != "linewidth_matching"

@@ -171,7 +171,7 @@ rule figure_s1:
         runtime=5,
     params:
         code=CODE["figures"],
-        stats_dir="results/stats",
+        stats_dir=lambda w, input: Path(input.metabolites).parents[1] / "stats",
         models=as_json(config["stats"]),
     shell:
         "python -m mrsflow figure-s1 --metabolites {input.metabolites:q}"

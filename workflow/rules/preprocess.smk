@@ -48,7 +48,7 @@ rule match_linewidth:
     params:
         code=CODE["linewidth"],
         plan=lambda w: plan_json("linewidth", w.pid),
-        params=as_json(config["preprocess"].get("linewidth_matching", {})),
+        params=as_json(LW_MATCH_PARAMS),
     shell:
         "python -m mrsflow match-linewidth --plan {params.plan:q}"
         " --params {params.params:q} > {log} 2>&1"
