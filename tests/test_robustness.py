@@ -359,7 +359,7 @@ def test_participant_with_one_film_is_dropped_from_paired_models(study, tmp_path
 
 
 # what a statistics setting may rerun: the statistics and everything downstream of them
-DOWNSTREAM_OF_STATS = {"stats", "figure1", "figure2", "figure3", "verification",
+DOWNSTREAM_OF_STATS = {"stats", "figure1", "figure2", "figure3", "figure_s1", "verification",
                        "twin_recovery", "mrsinmrs", "provenance", "qc_scans", "all"}
 
 
@@ -415,8 +415,8 @@ def _planned_jobs(study, *args) -> tuple[set[str], str]:
 
 
 PER_PARTICIPANT = {"convert", "preprocess", "segment", "fit"}
-STUDY_LEVEL = {"quantify", "stats", "figure1", "figure2", "figure3", "verification", "mrsinmrs",
-               "provenance", "qc_scans", "all"}
+STUDY_LEVEL = {"quantify", "stats", "figure1", "figure2", "figure3", "figure_s1", "verification",
+               "mrsinmrs", "provenance", "qc_scans", "all"}
 
 
 class _Restore:

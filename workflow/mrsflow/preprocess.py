@@ -610,6 +610,8 @@ class Preprocessed:
 def _merge_params(params: dict | None) -> dict:
     p = dict(DEFAULTS)
     for key, value in (params or {}).items():
+        if key == "linewidth_matching":  # the config block's, for mrsflow.linewidth
+            continue
         if key not in DEFAULTS:
             raise InputError(f"config 'preprocess': unknown preprocessing parameter {key!r}; "
                              f"known: {sorted(DEFAULTS)}")
