@@ -877,6 +877,31 @@ def figure2(craving, stats_dir, out_pdf, out_png, *, models: Mapping | None = No
     return {"summary": summary, "status": {k: pm.status for k, pm in pms.items() if pm.status}}
 
 
+def _film_panel(ax, data: pd.DataFrame, value: str, col: str, levels: Sequence,
+                titles: Mapping, starts: Sequence[float], ylim_values: np.ndarray,
+                pm: PanelModel | None, unit: str) -> list[dict]:
+    """One within-participant panel over the two films per level of ``col`` (group or drug):
+    participant lines and means +/- 95 % CI (:func:`_paired_blocks`), the films and levels
+    (with their n) on the x axis, and above each level its film contrast from ``pm`` (none
+    when ``pm`` is None); returns the summary rows."""
+    r = _paired_blocks(ax, data, value, col, levels, "film", FILMS, COLOURS, starts)
+    ticks = [s + i for s in starts for i in range(len(FILMS))]
+    labels = []
+    for lvl, s0 in zip(levels, starts, strict=True):
+        ns = [x["n"] for x in r if x[col] == lvl]
+        labels.append((s0 + 0.5, f"{titles[lvl]}\n({_n_label(ns)})"))
+    _set_cond_axis(ax, ticks, list(FILMS) * len(levels), labels)
+    _ylim(ax, np.r_[ylim_values, [x[k] for x in r for k in ("ci_low", "ci_high")]], head=0.5)
+    if pm is not None:
+        for lvl, s0 in zip(levels, starts, strict=True):
+            ax.text(s0 + 0.5, 0.99, "cocaine \u2212 neutral:\n" + _level_text(pm, lvl, unit),
+                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=6.0,
+                    color=COLOURS[lvl])
+    if data.empty:
+        _message(ax, "no data", axis_off=False)
+    return r
+
+
 def figure3(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | None = None,
             panels: Mapping | None = None) -> dict:
     """Figure 3: Glu (mmol/kg) during the neutral and the cocaine film, (a) by group (CUD on
@@ -903,23 +928,9 @@ def figure3(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | None 
         ):
             data = pm.data(table)
             ax = sf.subplots()
-            r = _paired_blocks(ax, data, "conc_molal", col, levels, "film", FILMS,
-                               COLOURS, starts)
+            r = _film_panel(ax, data, "conc_molal", col, levels, titles, starts,
+                            data["conc_molal"].to_numpy(float), pm, "mmol/kg")
             rows.extend({"panel": letter, **x} for x in r)
-            ticks = [s + i for s in starts for i in range(len(FILMS))]
-            labels = []
-            for lvl, s0 in zip(levels, starts, strict=True):
-                ns = [x["n"] for x in r if x[col] == lvl]
-                labels.append((s0 + 0.5, f"{titles[lvl]}\n({_n_label(ns)})"))
-            _set_cond_axis(ax, ticks, list(FILMS) * len(levels), labels)
-            _ylim(ax, np.r_[data["conc_molal"].to_numpy(float),
-                            [x[k] for x in r for k in ("ci_low", "ci_high")]], head=0.5)
-            for lvl, s0 in zip(levels, starts, strict=True):
-                ax.text(s0 + 0.5, 0.99, "cocaine \u2212 neutral:\n"
-                        + _level_text(pm, lvl, "mmol/kg"), transform=ax.get_xaxis_transform(),
-                        ha="center", va="top", fontsize=6.0, color=COLOURS[lvl])
-            if data.empty:
-                _message(ax, "no data", axis_off=False)
             ax.set_ylabel("Glu (mmol/kg)")
             _sf_label(sf, letter, heading)
             sf.supxlabel(_footer(pm, "mmol/kg", " "), fontsize=6.0)
@@ -962,23 +973,9 @@ def figure_s1(metabolites, stats_dir, out_pdf, out_png, *, models: Mapping | Non
             fig.subfigures(1, 2, wspace=0.03), panels, strict=True
         ):
             ax = sf.subplots()
-            r = _paired_blocks(ax, data, col, "group", GROUPS, "film", FILMS, COLOURS, starts)
+            r = _film_panel(ax, data, col, "group", GROUPS, titles, starts, values,
+                            pm if contrasts else None, "Hz")
             rows.extend({"panel": letter, "value": col, **x} for x in r)
-            ticks = [s + i for s in starts for i in range(len(FILMS))]
-            labels = []
-            for lvl, s0 in zip(GROUPS, starts, strict=True):
-                ns = [x["n"] for x in r if x["group"] == lvl]
-                labels.append((s0 + 0.5, f"{titles[lvl]}\n({_n_label(ns)})"))
-            _set_cond_axis(ax, ticks, list(FILMS) * len(GROUPS), labels)
-            _ylim(ax, np.r_[values, [x[k] for x in r for k in ("ci_low", "ci_high")]],
-                  head=0.5)
-            if contrasts:
-                for lvl, s0 in zip(GROUPS, starts, strict=True):
-                    ax.text(s0 + 0.5, 0.99, "cocaine \u2212 neutral:\n"
-                            + _level_text(pm, lvl, "Hz"), transform=ax.get_xaxis_transform(),
-                            ha="center", va="top", fontsize=6.0, color=COLOURS[lvl])
-            if data.empty:
-                _message(ax, "no data", axis_off=False)
             ax.set_ylabel(f"linewidth, {measure} FWHM (Hz)")
             _sf_label(sf, letter, heading)
         save(fig, out_pdf, out_png)

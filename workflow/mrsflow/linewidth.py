@@ -89,9 +89,12 @@ def measure_hz(metab: np.ndarray, water: np.ndarray | None, dwell_s: float, f0_m
     return float(qc.linewidth_hz(fid, dwell_s, f0_mhz, peak_ppm=window))
 
 
-def broadening_to(metab, water, dwell_s, f0_mhz, target_hz: float, p: dict) -> float:
-    """The broadening b (Hz) after which the scan's measure equals ``target_hz``."""
-    before = measure_hz(metab, water, dwell_s, f0_mhz, p["measure"])
+def broadening_to(metab, water, dwell_s, f0_mhz, target_hz: float, p: dict,
+                  before: float | None = None) -> float:
+    """The broadening b (Hz) after which the scan's measure equals ``target_hz``
+    (``before``: the scan's measure, if already known)."""
+    if before is None:
+        before = measure_hz(metab, water, dwell_s, f0_mhz, p["measure"])
     if not target_hz - before > p["tolerance_hz"]:
         return 0.0
 
@@ -111,12 +114,12 @@ def match_session(scans: list[dict], dwell_s: float, f0_mhz: float, p: dict) -> 
     """Match the scans of one session. ``scans``: dicts with ``metab`` and ``water`` FIDs
     (``water`` may be None). -> per scan a record (measure, before, target, broadening,
     after, kind) and the matched ``metab``/``water`` FIDs. A scan whose measure is not
-    finite keeps its spectrum and is named in ``note``; with fewer than two measurable scans
-    nothing is broadened."""
+    finite keeps its spectrum and is named in ``note``; with fewer than two measurable scans,
+    or matching off (``enabled`` false), nothing is broadened."""
     before = [measure_hz(s["metab"], s["water"], dwell_s, f0_mhz, p["measure"]) for s in scans]
     limit = math.inf if p["max_linewidth_hz"] is None else float(p["max_linewidth_hz"])
     ok = [b for b in before if math.isfinite(b) and b <= limit]
-    target = max(ok) if len(ok) >= 2 else math.nan
+    target = max(ok) if len(ok) >= 2 and p["enabled"] else math.nan
     out = []
     for s, lw in zip(scans, before, strict=True):
         rec = {"measure": p["measure"], "kind": p["kind"], "before_hz": lw, "target_hz": target,
@@ -129,16 +132,19 @@ def match_session(scans: list[dict], dwell_s: float, f0_mhz: float, p: dict) -> 
                            "neither target nor broadened")
         elif math.isfinite(target):
             try:
-                b = broadening_to(metab, water, dwell_s, f0_mhz, target, p)
+                b = broadening_to(metab, water, dwell_s, f0_mhz, target, p, before=lw)
             except InputError as err:
                 b, rec["note"] = 0.0, f"{err}: spectrum left as it is"
             if b > 0:
                 metab = broaden(metab, dwell_s, b, p["kind"])
                 water = None if water is None else broaden(water, dwell_s, b, p["kind"])
             rec["broadening_hz"] = b
+        elif not p["enabled"]:
+            rec["note"] = "linewidth matching off"
         else:
             rec["note"] = "fewer than two measurable scans in the session: nothing to match"
-        rec["after_hz"] = measure_hz(metab, water, dwell_s, f0_mhz, p["measure"])
+        rec["after_hz"] = (measure_hz(metab, water, dwell_s, f0_mhz, p["measure"])
+                           if rec["broadening_hz"] > 0 else lw)
         out.append({**rec, "metab": metab, "water": water})
     return out
 
@@ -166,18 +172,8 @@ def run_participant(plan: list[dict], params: dict | None) -> list[dict]:
             f0 = float(ext["SpectrometerFrequency"][0])
             loaded.append({"metab": metab, "water": water, "ext": ext, "wext": wext,
                            "affine": affine, "dwell": dwell, "f0": f0,
-                           "nver": 2 if img.header.sizeof_hdr == 540 else 1})
-        dwell, f0 = loaded[0]["dwell"], loaded[0]["f0"]
-        if p["enabled"]:
-            matched = match_session(loaded, dwell, f0, p)
-        else:
-            matched = []
-            for s in loaded:
-                lw = measure_hz(s["metab"], s["water"], dwell, f0, p["measure"])
-                matched.append({"measure": p["measure"], "kind": p["kind"], "before_hz": lw,
-                                "target_hz": math.nan, "broadening_hz": 0.0, "after_hz": lw,
-                                "note": "linewidth matching off", "metab": s["metab"],
-                                "water": s["water"]})
+                           "nver": nmrs.nifti_version(img)})
+        matched = match_session(loaded, loaded[0]["dwell"], loaded[0]["f0"], p)
         for it, s, m in zip(items, loaded, matched, strict=True):
             n = m["metab"].size
             nmrs.write(it["metab_out"], m["metab"].reshape(1, 1, 1, n), s["dwell"], s["f0"],

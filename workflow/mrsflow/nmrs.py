@@ -37,6 +37,11 @@ def dwell_time_s(img) -> float:
     return dwell * {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
 
 
+def nifti_version(img) -> int:
+    """1 or 2: the NIfTI version of a loaded image (written back the same way)."""
+    return 1 if isinstance(img, nib.Nifti1Image) and not isinstance(img, nib.Nifti2Image) else 2
+
+
 def read(path) -> tuple[np.ndarray, dict, np.ndarray, float, object]:
     """(data in the project convention, header extension, affine, dwell (s), image)."""
     path = Path(path)

@@ -104,7 +104,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import scipy.linalg
 from scipy.ndimage import median_filter
@@ -1130,7 +1129,7 @@ def read_inputs(mrs_nii, water_nii, mode):
     """(rows, water rows or None, dwell, f0, ext, affine, NIfTI version) of one scan."""
     data, ext, affine, dwell, img = read_nifti_mrs(mrs_nii)
     f0 = float(ext["SpectrometerFrequency"][0])
-    nver = 1 if isinstance(img, nib.Nifti1Image) and not isinstance(img, nib.Nifti2Image) else 2
+    nver = nmrs.nifti_version(img)
     if mode == "mc":
         rows = _input_rows(mrs_nii, data, ext, "mc")
         if rows.shape[0] % 2:

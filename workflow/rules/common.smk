@@ -214,9 +214,8 @@ LWM = f"results/linewidth/{SCAN_STEM}"
 # preprocess.linewidth_matching: the spectra of a participant's session broadened to the
 # broadest before fitting (the match_linewidth step, mrsflow.linewidth); off, the fit reads the
 # processed spectra
-LW_MATCH = bool(
-    config["preprocess"].get("linewidth_matching", {}).get("enabled", False)
-)
+LW_MATCH_CFG = config["preprocess"].get("linewidth_matching", {})
+LW_MATCH = bool(LW_MATCH_CFG.get("enabled", False))
 FIT_INPUT = "linewidth" if LW_MATCH else "preprocess"
 # the match_linewidth step's settings: the matching block, and as the largest linewidth that may
 # set a session's target the QC limit of the measured line (a scan QC will exclude for its
@@ -224,11 +223,10 @@ FIT_INPUT = "linewidth" if LW_MATCH else "preprocess"
 LW_MATCH_PARAMS = {
     "max_linewidth_hz": config["qc"].get(
         {"water": "linewidth_water_max_hz", "naa": "linewidth_naa_max_hz"}.get(
-            config["preprocess"].get("linewidth_matching", {}).get("measure", "water"),
-            "",
+            LW_MATCH_CFG.get("measure", "water"), ""
         )
     ),
-    **config["preprocess"].get("linewidth_matching", {}),
+    **LW_MATCH_CFG,
 }
 # what mrsflow.preprocess takes (the matching block goes to rule match_linewidth)
 PREPROCESS_PARAMS = {
@@ -275,7 +273,7 @@ def scan_files(pid, ses, film):
     """Every derivative path of one scan (BIDS-derivatives names)."""
     keys = {"pid": pid, "ses": ses, "film": film}
     conv = f"results/convert/{SCAN_STEM}".format(**keys)
-    pre, seg, fit = (p.format(**keys) for p in (PRE, SEGOUT, FIT))
+    pre, seg, fit, lwm = (p.format(**keys) for p in (PRE, SEGOUT, FIT, LWM))
     return {
         "svs": f"{conv}_svs.nii.gz",
         "mrsref": f"{conv}_mrsref.nii.gz",
@@ -286,9 +284,9 @@ def scan_files(pid, ses, film):
         "tissue": f"{seg}_desc-tissue.json",
         "fit_json": f"{fit}_desc-fit.json",
         "fit_tsv": f"{fit}_desc-fit.tsv",
-        "metab_matched": f"{LWM.format(**keys)}_desc-metab_svs.nii.gz",
-        "water_matched": f"{LWM.format(**keys)}_desc-water_svs.nii.gz",
-        "linewidth": f"{LWM.format(**keys)}_desc-linewidth.json",
+        "metab_matched": f"{lwm}_desc-metab_svs.nii.gz",
+        "water_matched": f"{lwm}_desc-water_svs.nii.gz",
+        "linewidth": f"{lwm}_desc-linewidth.json",
     }
 
 

@@ -232,9 +232,8 @@ def run_fsl_mrs(
     (work / "fsl_mrs.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     version = _fsl_mrs_version()
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         raise BackendError(f"fsl_mrs failed (exit {proc.returncode}): "
-                                   + (lines[-1] if lines else "no message"))
+                           + _last_line(proc.stderr, "no message"))
     curve_problem = export_fit_spectra(out_dir, env)
     water = None
     if water_nii is not None:
@@ -278,10 +277,15 @@ def export_fit_spectra(out_dir: Path, env: dict | None = None) -> str | None:
     cmd = [exe, str(out_dir), "--export_baseline", "-o", str(out_dir), "-f", FIT_FILE]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0 or not any(Path(out_dir).glob(f"{BASELINE_FILE}.nii*")):
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         return (f"results_to_spectrum failed (exit {proc.returncode}): "
-                + (lines[-1] if lines else "no baseline file written"))
+                + _last_line(proc.stderr, "no baseline file written"))
     return None
+
+
+def _last_line(text: str, default: str) -> str:
+    """A program's last non-empty line of output (its error message), else ``default``."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else default
 
 
 def _fsl_mrs_version() -> str:
