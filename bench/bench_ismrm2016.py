@@ -16,6 +16,10 @@ structure, a runaway baseline: mrsflow.quantify.fit_qc_reasons) is printed with 
 instead of numbers and counted apart, as the workflow would report it.
 
     python bench/bench_ismrm2016.py [FOLDER] [--basis own|challenge|both] [--baseline ...]
+                                    [--configfile YAML ...]
+
+``--configfile`` merges config files over config/config.yaml (as Snakemake does), so that a
+proposed default (fit range, baseline, metabolite list, QC rules) is measured the same way.
 """
 
 from __future__ import annotations
@@ -66,6 +70,22 @@ def own_basis(cfg: dict) -> B.Basis:
     fids = B.simulate_basis(seq, names, mms)
     return B.Basis(list(fids), np.vstack(list(fids.values())), DWELL_S, F0_MHZ, CENTRE_PPM,
                    TE1_MS + TE2_MS)
+
+
+def merged_config(overlays=()) -> dict:
+    """config/config.yaml with ``overlays`` (YAML files) merged over it, nested keys by key."""
+
+    def merge(base: dict, over: dict) -> dict:
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
+                else v
+        return out
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for path in overlays:
+        cfg = merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
+    return cfg
 
 
 def fit_all(data: dict, basis: B.Basis, fitting: dict,
@@ -143,12 +163,14 @@ def main(argv=None) -> int:
     ap.add_argument("folder", nargs="?", default=str(DEFAULT))
     ap.add_argument("--basis", choices=["own", "challenge", "both"], default="both")
     ap.add_argument("--baseline", help="override the config's fitting baseline")
+    ap.add_argument("--configfile", nargs="+", default=[],
+                    help="config files merged over config/config.yaml")
     a = ap.parse_args(argv)
     folder = Path(a.folder)
     if not (folder / "datasets_text").is_dir():
         print(f"{folder}: no challenge data (datasets_text/) here: nothing to do")
         return 0
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg = merged_config(a.configfile)
     fitting = dict(cfg["fitting"])
     if a.baseline:
         fitting["baseline"] = a.baseline

@@ -8,7 +8,12 @@ Glu/tCr, tNAA/tCr, Ins/tCr and tCho/tCr beside what LCModel 6.3 and FSL-MRS 2.4 
 folder's README), how many fall inside their range or within 10 % of the nearer, the QC
 verdict and fit QC, and where the QC page of each fit is.
 
-    python bench/bench_real_exports.py [FOLDER] [--workdir DIR]
+    python bench/bench_real_exports.py [FOLDER] [--workdir DIR] [--baseline SPEC]
+                                       [--configfile YAML ...]
+
+``--baseline`` overrides the config's fitting baseline (as in bench_ismrm2016.py);
+``--configfile`` adds config files merged over the study's (a variant of the defaults, e.g. a
+fit range or a metabolite list), so that the same comparison measures a proposed default.
 """
 
 from __future__ import annotations
@@ -21,19 +26,22 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from _machine import cpu_model
 from _osprey import OSPREY, RATIOS, ROOT, anchors, measured_ratios, write_study
 from bench_ismrm2016 import within  # the same "inside, or within 10 % of the nearer" rule
 
 
-def run_study(folder: Path, workdir: Path) -> tuple[Path, float]:
-    """The study through the workflow in ``workdir``; returns (results/, seconds)."""
+def run_study(folder: Path, workdir: Path, overlays: list[Path] = ()) -> tuple[Path, float]:
+    """The study through the workflow in ``workdir`` (``overlays``: config files merged over
+    the study's, in order); returns (results/, seconds)."""
     config = write_study(workdir, folder)
     snakemake = Path(sys.executable).parent / "snakemake"
     t0 = time.perf_counter()
     proc = subprocess.run(
         [str(snakemake), "-s", str(ROOT / "Snakefile"), "-d", str(workdir / "run"),
-         "--configfile", str(ROOT / "config" / "config.yaml"), str(config), "--cores", "2"],
+         "--configfile", str(ROOT / "config" / "config.yaml"), str(config),
+         *map(str, overlays), "--cores", "2"],
         capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"the workflow failed on the real exports:\n{proc.stderr[-4000:]}")
@@ -67,6 +75,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folder", nargs="?", default=str(OSPREY))
     ap.add_argument("--workdir", help="run here (kept); default: a temporary folder")
+    ap.add_argument("--baseline", help="override the config's fitting baseline")
+    ap.add_argument("--configfile", nargs="+", default=[],
+                    help="config files merged over the study's (a variant of the defaults)")
     a = ap.parse_args(argv)
     folder = Path(a.folder)
     if not (folder / "README.md").is_file():
@@ -75,8 +86,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="mrsflow-real-") as tmp:
         work = Path(a.workdir) if a.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results, seconds = run_study(folder, work)
-        print(f"machine: {cpu_model()}; the workflow on 3 real spectra: {seconds:.0f} s")
+        overlays = [Path(c).resolve() for c in a.configfile]
+        if a.baseline:
+            overlays.append(work / "baseline.yaml")
+            overlays[-1].write_text(yaml.safe_dump({"fitting": {"baseline": a.baseline}}))
+        results, seconds = run_study(folder, work, overlays)
+        print(f"machine: {cpu_model()}; the workflow on 3 real spectra: {seconds:.0f} s"
+              + "".join(f"; config {p.name}" for p in overlays)
+              + (f" (fitting baseline '{a.baseline}')" if a.baseline else ""))
         report(measured_ratios(results / "tables" / "metabolites.tsv"), anchors(folder))
         pages = sorted(str(p.relative_to(work)) for p in (results / "qc").glob("*spectra.png"))
         print("QC pages (fit, baseline, residual per spectrum): " + ", ".join(pages)

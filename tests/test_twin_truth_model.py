@@ -195,3 +195,23 @@ def test_metabolite_nulled_scan_measures_the_planted_mm(cfg, hc01):
                           dwell, f0)
     sel = (ppm > 0.5) & (ppm < 4.2)
     assert np.corrcoef(got.real[sel], want.real[sel])[0, 1] > 0.92
+
+
+def test_twin_plants_what_the_fit_basis_leaves_out(tmp_path):
+    """The twin simulates every metabolite it plants (twin.concentrations_molal), whatever the
+    fit's basis holds: a study that leaves Gly out of its fit still gets a twin brain with
+    Gly (rule twin_basis), and the fit's basis has no Gly."""
+    from conftest import snakemake_with_override
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    fit_metabolites = [m for m in cfg["basis"]["metabolites"] if m != "Gly"]
+    override = {"basis": {"metabolites": fit_metabolites},
+                "twin": {"n_cud": 1, "n_hc": 1}}
+    proc = snakemake_with_override(tmp_path, override, "results/twin/basis",
+                                   f"results/basis/{cfg['basis']['name']}", "--cores", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    twin = {p.stem for p in (tmp_path / "results" / "twin" / "basis").glob("*.json")}
+    fit = {p.stem for p in (tmp_path / "results" / "basis" / cfg["basis"]["name"]).glob("*.json")}
+    assert set(cfg["twin"]["concentrations_molal"]) <= twin
+    assert "Gly" in twin and "Gly" not in fit
+    assert set(fit_metabolites) <= fit

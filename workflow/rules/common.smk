@@ -145,6 +145,15 @@ def basis_entries():
     )
 
 
+def twin_basis_config():
+    """The basis block the twin simulates its spectra with: every metabolite it plants
+    (twin.concentrations_molal), whichever of them the fit's basis leaves out."""
+    return {
+        **config["basis"],
+        "metabolites": list(config["twin"]["concentrations_molal"]),
+    }
+
+
 # a basis set: one folder of FSL-MRS JSON files (one per metabolite / macromolecule), an
 # input of every fit job as a folder (one DAG node, not ~30 files per job); one per protocol
 # in use (the twin plants with its own, rule twin_basis)

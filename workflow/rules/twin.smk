@@ -32,8 +32,9 @@ rule twin_sheets:
         "python -m mrsflow twin-sheets --twin {params.twin:q} --raw-dir {params.raw_dir:q} > {log} 2>&1"
 
 
-# The basis the twin plants its metabolites with: the `sequence` protocol's simulated spectra,
-# never a measured MM (which the twin's own metabolite-nulled scans give the fit's basis).
+# The basis the twin plants its metabolites with: the `sequence` protocol's simulated spectra
+# of every metabolite it plants (also those the fit's basis leaves out, e.g. Gly), never a
+# measured MM (which the twin's own metabolite-nulled scans give the fit's basis).
 rule twin_basis:
     output:
         basis=directory("results/twin/basis"),
@@ -51,7 +52,7 @@ rule twin_basis:
     params:
         code=CODE["basis"],
         sequence=as_json(protocol_sequence(BASIS_NAME)),
-        basis=as_json(config["basis"]),
+        basis=as_json(twin_basis_config()),
     shell:
         "python -m mrsflow basis --sequence {params.sequence:q} --basis {params.basis:q}"
         " --outdir {output.basis:q} --png {output.png:q} > {log} 2>&1"
