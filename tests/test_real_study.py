@@ -67,6 +67,17 @@ def test_two_protocols_each_with_its_own_basis_and_te(run):
     assert te35_fit["extra"]["inputs"]["basis"] == "results/basis/press_te35"
 
 
+def test_the_measured_mm_is_phased_and_the_te30_fit_uses_it(run):
+    """Osprey's TI 600 ms scan comes out of preprocessing 84 degrees out of phase; the cleaned
+    MM spectrum is phased (FID(0) real) and the TE 30 fit gives it its part (unphased, the
+    spline fit gave it amplitude 0)."""
+    info = json.loads((run / "basis" / "press_te30_127p8_mm.json").read_text())
+    assert abs(info["phase_correction_deg"]) > 45
+    fit = json.loads(next((run / "fit" / "sub-cud01").rglob("*neutral_desc-fit.json"))
+                     .read_text())
+    assert fit["metabolites"]["MM"]["amplitude"] > 0.1 * fit["combined"]["tCr"]["amplitude"]
+
+
 def test_tissue_from_the_nifti_t1_or_the_default_and_rows_say_which(run):
     met = _table(run / "tables" / "metabolites.tsv")
     src = met.drop_duplicates(["participant_id", "film"]).set_index(
