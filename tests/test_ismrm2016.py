@@ -101,12 +101,12 @@ def test_mm_leak_test_sees_the_default_mm_model_and_not_the_measured_one(data):
         assert default[m] > 0.3 * ref.amplitude(m), m
 
 
-def test_an_mm_file_with_narrow_structure_keeps_it_at_a_lower_cleaning_width(tmp_path, data):
+def test_an_mm_file_keeps_its_structure_at_the_default_cleaning_width(tmp_path, data):
     """The challenge's measured MM given as an `mm: {file: ...}` (rule mm_spectrum's
-    mrsflow.mm.run_mm): cleaned at the default 15 Hz it loses the narrow structure on its MM
-    peaks, and the own metabolites fitted with it miss the anchors on most datasets; with
-    `min_fwhm_hz: 8` it is kept (spectrum correlation > 0.99) and 10 of 12 datasets are
-    inside the anchors (or 10 %) for every reported metabolite."""
+    mrsflow.mm.run_mm): cleaned at 15 Hz (the former default) it loses the narrow structure
+    on its MM peaks, and the own metabolites fitted with it miss the anchors on most
+    datasets; at `min_fwhm_hz: 8` (the default) it is kept (spectrum correlation > 0.99) and
+    10 of 12 datasets are inside the anchors (or 10 %) for every reported metabolite."""
     import numpy as np
 
     from mrsflow import mm, nmrs, qc
