@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from _config import deep_merge, merged_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -60,17 +61,9 @@ VARIANTS = {
 }
 
 
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(
-            out.get(k), dict) else v
-    return out
-
-
 def run(workdir: Path, twin: dict, matching: bool, cores: int) -> float:
-    base = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    override = {"twin": _deep_merge(base["twin"], twin) if twin else base["twin"],
+    base = merged_config()
+    override = {"twin": deep_merge(base["twin"], twin) if twin else base["twin"],
                 "preprocess": {"linewidth_matching": {"enabled": matching}}}
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "override.yaml").write_text(yaml.safe_dump(override))

@@ -18,11 +18,10 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
-import yaml  # noqa: E402
+from _config import merged_config  # noqa: E402
 from _machine import cpu_model  # noqa: E402  (bench/ is on sys.path)
 
 from mrsflow.basis import Basis, Sequence, simulate_basis  # noqa: E402
@@ -55,8 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=30, help="number of spectra (>= 20)")
     args = ap.parse_args()
-    fitting = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml")
-                             .read_text())["fitting"]
+    fitting = merged_config()["fitting"]
     seq = Sequence(127.8, 12.0, 18.0, 0.0005, 2048)
     fids = simulate_basis(seq, METABOLITES, MACROMOLECULES)
     basis = Basis(

@@ -35,7 +35,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import yaml  # noqa: E402
+from _config import merged_config  # noqa: E402
 from _ismrm2016 import (  # noqa: E402  (bench/ is on sys.path)
     ANCHOR_NAMES,
     CENTRE_PPM,
@@ -62,30 +62,15 @@ REPORTED = ("Glu", "tNAA", "tCr", "Ins", "tCho")
 CR_TEST_MM = 10.82
 
 
-def own_basis(cfg: dict) -> B.Basis:
-    """The project's basis (config metabolites + macromolecules) simulated for the challenge."""
-    seq = B.Sequence(F0_MHZ, TE1_MS, TE2_MS, DWELL_S, NPOINTS, centre_ppm=CENTRE_PPM)
-    names = list(cfg["basis"]["metabolites"])
-    mms = list(cfg["basis"]["macromolecules"])
-    fids = B.simulate_basis(seq, names, mms)
-    return B.Basis(list(fids), np.vstack(list(fids.values())), DWELL_S, F0_MHZ, CENTRE_PPM,
-                   TE1_MS + TE2_MS)
-
-
-def merged_config(overlays=()) -> dict:
-    """config/config.yaml with ``overlays`` (YAML files) merged over it, nested keys by key."""
-
-    def merge(base: dict, over: dict) -> dict:
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) \
-                else v
-        return out
-
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    for path in overlays:
-        cfg = merge(cfg, yaml.safe_load(Path(path).read_text()) or {})
-    return cfg
+def own_basis(cfg: dict, seq: B.Sequence | None = None) -> B.Basis:
+    """The project's basis (config metabolites + macromolecules) simulated for ``seq``
+    (default: the challenge's sequence)."""
+    if seq is None:
+        seq = B.Sequence(F0_MHZ, TE1_MS, TE2_MS, DWELL_S, NPOINTS, centre_ppm=CENTRE_PPM)
+    fids = B.simulate_basis(seq, list(cfg["basis"]["metabolites"]),
+                            list(cfg["basis"]["macromolecules"]))
+    return B.Basis(list(fids), np.vstack(list(fids.values())), seq.dwell_s, seq.f0_mhz,
+                   seq.centre_ppm, seq.te_ms)
 
 
 def fit_all(data: dict, basis: B.Basis, fitting: dict,

@@ -38,6 +38,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _config import merged_config  # noqa: E402
 from _ismrm2016 import (  # noqa: E402  (bench/ is on sys.path)
     CENTRE_PPM,
     DEFAULT,
@@ -49,14 +50,20 @@ from _ismrm2016 import (  # noqa: E402  (bench/ is on sys.path)
 )
 from _machine import cpu_model  # noqa: E402
 from _osprey import SEQUENCE  # noqa: E402
-from bench_ismrm2016 import REPORTED, merged_config, own_basis  # noqa: E402
+from bench_ismrm2016 import REPORTED, own_basis  # noqa: E402
 
 from mrsflow import basis as B  # noqa: E402
 from mrsflow import fit as F  # noqa: E402
+from mrsflow.fit.builtin import _CQ  # noqa: E402  (Gaussian FWHM G Hz: exp(-_CQ G^2 t^2))
 from mrsflow.fit.contract import read_nifti_mrs  # noqa: E402
 
-#: Gaussian decay exp(-_CQ G^2 t^2) has a spectral FWHM of G Hz (as in mrsflow.fit.builtin)
-_CQ = math.pi**2 / (4.0 * math.log(2.0))
+
+def as_fitted(fid, amplitude: float, dwell_s: float, gamma_hz: float, sigma_hz: float):
+    """An MM basis FID as a fit placed it: its amplitude and its group's Lorentzian
+    ``gamma_hz`` and Gaussian ``sigma_hz`` broadening (the builtin fitter's lineshape)."""
+    t = np.arange(len(fid)) * dwell_s
+    return amplitude * np.asarray(fid) * np.exp(-math.pi * gamma_hz * t
+                                                - _CQ * sigma_hz**2 * t**2)
 
 
 def leak(fid, dwell_s: float, f0_mhz: float, basis: B.Basis, fitting: dict) -> dict:
@@ -72,7 +79,6 @@ def challenge(folder: Path, cfg: dict) -> None:
     fitting = cfg["fitting"]
     ch, own = challenge_basis(folder), own_basis(cfg)
     mac = np.asarray(ch.fids[ch.names.index("MM")])
-    t = np.arange(mac.size) * DWELL_S
     print(f"\n== challenge: its measured MM fitted with the project's basis and defaults "
           f"({fitting['ppm_range']} ppm, '{fitting['baseline']}'), mM")
     print("dataset " + " ".join(f"{m:>24}" for m in REPORTED))
@@ -85,8 +91,7 @@ def challenge(folder: Path, cfg: dict) -> None:
         ref = F.fit_spectrum(metab, DWELL_S, F0_MHZ, ch, ppm_range=tuple(fitting["ppm_range"]),
                              baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
         g = ref.group_names.index("macromolecules")
-        mm = (ref.amplitude("MM") * mac
-              * np.exp(-math.pi * ref.gamma_hz[g] * t - _CQ * ref.sigma_hz[g] ** 2 * t**2))
+        mm = as_fitted(mac, ref.amplitude("MM"), DWELL_S, ref.gamma_hz[g], ref.sigma_hz[g])
         got = leak(mm, DWELL_S, F0_MHZ, own, fitting)
         mine = leak(metab, DWELL_S, F0_MHZ, own, fitting)
         cells = []
@@ -119,16 +124,10 @@ def osprey(results: Path, cfg: dict) -> None:
               "MM entry no amplitude (its baseline took the MM): no level to scale by")
         return
     grp = fit["groups"].get("macromolecules", {})
-    t = np.arange(fid.size) * dwell
-    mm = (mm_amp * fid * np.exp(-math.pi * grp.get("gamma_hz", 0.0) * t
-                                - _CQ * grp.get("sigma_hz", 0.0) ** 2 * t**2))
-    seq = B.Sequence(SEQUENCE["field_mhz"], SEQUENCE["te1_ms"], SEQUENCE["te2_ms"], dwell,
-                     fid.size, centre_ppm=CENTRE_PPM)
-    names, mms = list(cfg["basis"]["metabolites"]), list(cfg["basis"]["macromolecules"])
-    sim = B.simulate_basis(seq, names, mms)
-    basis = B.Basis(list(sim), np.vstack(list(sim.values())), dwell, f0, CENTRE_PPM,
-                    SEQUENCE["te1_ms"] + SEQUENCE["te2_ms"])
-    got = leak(mm, dwell, f0, basis, fitting)
+    mm = as_fitted(fid, mm_amp, dwell, grp.get("gamma_hz", 0.0), grp.get("sigma_hz", 0.0))
+    seq = B.Sequence(f0, SEQUENCE["te1_ms"], SEQUENCE["te2_ms"], dwell, fid.size,
+                     centre_ppm=CENTRE_PPM)  # at the scan's own frequency
+    got = leak(mm, dwell, f0, own_basis(cfg, seq), fitting)
     print("\n== Osprey Philips TE 30: its metabolite-nulled MM spectrum (rule mm_spectrum) "
           "fitted with the project's default basis, as ratio to the spectrum's tCr")
     in_vivo = {**fit["metabolites"], **fit["combined"]}

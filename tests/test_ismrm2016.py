@@ -77,10 +77,7 @@ def test_mm_leak_test_sees_the_default_mm_model_and_not_the_measured_one(data):
     almost nothing with a basis that holds that MM (the leak test of a right MM model), and
     tNAA, tCr and Glu at a third or more of dataset 1's values with the project's basis and
     its default MM model (what the own basis's excess over the anchors comes from)."""
-    import math
-
-    import numpy as np
-    from bench_mm_leakage import leak
+    from bench_mm_leakage import as_fitted, leak
 
     from mrsflow import fit as F
 
@@ -89,10 +86,8 @@ def test_mm_leak_test_sees_the_default_mm_model_and_not_the_measured_one(data):
     metab, _ = spectra[1]
     ref = F.fit_spectrum(metab, 0.25e-3, 123.2, ch, baseline_order=CONFIG["fitting"]["baseline"])
     g = ref.group_names.index("macromolecules")
-    t = np.arange(metab.size) * 0.25e-3
-    mm = (ref.amplitude("MM") * ch.fids[ch.names.index("MM")]
-          * np.exp(-math.pi * ref.gamma_hz[g] * t
-                   - (math.pi**2 / (4 * math.log(2))) * ref.sigma_hz[g] ** 2 * t**2))
+    mm = as_fitted(ch.fids[ch.names.index("MM")], ref.amplitude("MM"), 0.25e-3,
+                   ref.gamma_hz[g], ref.sigma_hz[g])
     right = leak(mm, 0.25e-3, 123.2, ch, CONFIG["fitting"])
     default = leak(mm, 0.25e-3, 123.2, own_basis(CONFIG), CONFIG["fitting"])
     for m in ("Glu", "tNAA", "tCr", "Ins", "tCho"):

@@ -24,16 +24,17 @@ structure (own metabolites fitted with it: 0-3 of 12 datasets inside the anchors
 of 12) and Osprey's TI 600 ms scan its 3.9 ppm peak's shape (a broad positive and a narrower
 negative component; fit quality of the TE 30 spectrum 2.7 at 15 Hz, 2.6 at 8); the twin's
 recovery is the same with either (Glu r 0.900, bias +1.3/+1.8 %). Residual singlets of
-4-6 Hz go (tests/test_mm.py). It is scaled
-to FID(0) = 1: real and positive, which phases it (zero order). Every basis spectrum starts
-in phase at t = 0 (the fit applies one phase to metabolites and MM alike), and a sum of
-absorption lines has a real, positive FID(0); an MM spectrum out of phase with the
-metabolites makes the fit give it no amplitude or distorts the metabolites. The
-metabolite-nulled scan is not phased on NAA (it has none) and its eddy-current correction
-on the water reference need not leave it in phase: Osprey's Philips TI 600 ms scan comes out
-at 84 degrees (with it unphased the TE 30 fit gave the MM no amplitude; phased, the MM takes
-its part and the fit quality goes from 3.1 to 2.7); the twin's and the ISMRM 2016
-challenge's measured MM are within 1 degree of it.
+4-6 Hz go (tests/test_mm.py).
+
+The cleaned spectrum is scaled to FID(0) = 1: real and positive, which phases it (zero
+order). Every basis spectrum starts in phase at t = 0 (the fit applies one phase to
+metabolites and MM alike), and a sum of absorption lines has a real, positive FID(0); an MM
+spectrum out of phase with the metabolites makes the fit give it no amplitude or distorts
+the metabolites. The metabolite-nulled scan is not phased on NAA (it has none) and its eddy-
+current correction on the water reference need not leave it in phase: Osprey's Philips TI
+600 ms scan comes out at 84 degrees (with it unphased the TE 30 fit gave the MM no
+amplitude; phased, the MM takes its part and the fit quality goes from 3.1 to 2.7); the
+twin's and the ISMRM 2016 challenge's measured MM are within 1 degree of it.
 """
 
 from __future__ import annotations
