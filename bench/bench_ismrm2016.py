@@ -16,10 +16,14 @@ structure, a runaway baseline: mrsflow.quantify.fit_qc_reasons) is printed with 
 instead of numbers and counted apart, as the workflow would report it.
 
     python bench/bench_ismrm2016.py [FOLDER] [--basis own|challenge|both] [--baseline ...]
-                                    [--configfile YAML ...]
+                                    [--configfile YAML ...] [--backend builtin|lcmodel]
 
 ``--configfile`` merges config files over config/config.yaml (as Snakemake does), so that a
 proposed default (fit range, baseline, metabolite list, QC rules) is measured the same way.
+``--backend lcmodel`` fits with the workflow's LCModel backend instead (the config's
+fitting.lcmodel block; an executable from there, $MRSFLOW_LCMODEL or PATH): what the paper's
+own fitter makes of the same basis, so that a miss can be told apart as the fitter's or the
+basis's (its macromolecule model's).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -56,6 +61,7 @@ from mrsflow import basis as B  # noqa: E402
 from mrsflow import fit as F  # noqa: E402
 from mrsflow import qc as Q  # noqa: E402
 from mrsflow import quantify  # noqa: E402
+from mrsflow.fit import lcmodel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTED = ("Glu", "tNAA", "tCr", "Ins", "tCho")
@@ -73,26 +79,46 @@ def own_basis(cfg: dict, seq: B.Sequence | None = None) -> B.Basis:
                    seq.centre_ppm, seq.te_ms)
 
 
-def fit_all(data: dict, basis: B.Basis, fitting: dict,
-            rules: dict | None = None) -> dict[int, dict[str, float]]:
+#: LCModel's referencing shift limited to +-0.1 ppm, as for the anchors (_ismrm2016.
+#: LCMODEL_CHALLENGE: else the Cr-only test spectrum is referenced with Cr on Cho)
+LCMODEL_SHIFT_LIMITS = {"SHIFMN(1)": -0.1, "SHIFMX(1)": 0.1, "SHIFMN(2)": -0.1,
+                        "SHIFMX(2)": 0.1}
+
+
+def fit_all(data: dict, basis: B.Basis, fitting: dict, rules: dict | None = None,
+            backend: str = "builtin", lcmodel_exe: str | None = None
+            ) -> dict[int, dict[str, float]]:
     """{dataset: {name: mM}} (basis entries and combinations; ``_fit_quality``, ``_fit_qc``
     and ``_excluded``, the reasons ``rules`` (the config's qc block) exclude it for) and the
-    seconds per fit."""
+    seconds per fit. ``backend`` "lcmodel": the workflow's LCModel backend
+    (mrsflow.fit.lcmodel.fit, the config's fitting.lcmodel.control over its defaults, the
+    referencing limits of :data:`LCMODEL_SHIFT_LIMITS`), executable ``lcmodel_exe``."""
     out, times = {}, []
-    for n, (metab, water) in data.items():
-        t0 = time.perf_counter()
-        res = F.fit_spectrum(metab, DWELL_S, F0_MHZ, basis,
-                             ppm_range=tuple(fitting["ppm_range"]),
-                             baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
-        times.append(time.perf_counter() - t0)
-        w = F.fit_water(water, DWELL_S, F0_MHZ, centre_ppm=CENTRE_PPM)["amplitude"]
-        d = res.to_dict()
-        conc = {k: concentration(e["amplitude"], w) for k, e in
-                {**d["metabolites"], **d["combined"]}.items()}
-        conc["_fit_quality"] = d["fit_quality"]
-        conc["_fit_qc"] = Q.fit_qc(res.ppm, res.data, res.fit, res.baseline_spec, res.noise_sd)
-        conc["_excluded"] = quantify.fit_qc_reasons(conc["_fit_qc"], rules or {})
-        out[n] = conc
+    with tempfile.TemporaryDirectory(prefix="bench-ismrm2016-") as tmp:
+        for n, (metab, water) in data.items():
+            t0 = time.perf_counter()
+            wfit = F.fit_water(water, DWELL_S, F0_MHZ, centre_ppm=CENTRE_PPM)
+            if backend == "lcmodel":
+                control = {**LCMODEL_SHIFT_LIMITS,
+                           **(fitting.get("lcmodel") or {}).get("control", {})}
+                d, _ = lcmodel.fit(metab, water, DWELL_S, F0_MHZ, basis,
+                                   ppm_range=tuple(fitting["ppm_range"]),
+                                   executable=lcmodel_exe, workdir=Path(tmp), water=wfit,
+                                   control_values=control, centre_ppm=CENTRE_PPM)
+                fit_qc = d["extra"].get("fit_qc")
+            else:
+                res = F.fit_spectrum(metab, DWELL_S, F0_MHZ, basis,
+                                     ppm_range=tuple(fitting["ppm_range"]),
+                                     baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
+                d = res.to_dict()
+                fit_qc = Q.fit_qc(res.ppm, res.data, res.fit, res.baseline_spec, res.noise_sd)
+            times.append(time.perf_counter() - t0)
+            conc = {k: concentration(e["amplitude"], wfit["amplitude"]) for k, e in
+                    {**d["metabolites"], **d["combined"]}.items()}
+            conc["_fit_quality"] = d["fit_quality"]
+            conc["_fit_qc"] = fit_qc
+            conc["_excluded"] = quantify.fit_qc_reasons(fit_qc, rules or {})
+            out[n] = conc
     return out, float(np.median(times))
 
 
@@ -150,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", help="override the config's fitting baseline")
     ap.add_argument("--configfile", nargs="+", default=[],
                     help="config files merged over config/config.yaml")
+    ap.add_argument("--backend", choices=["builtin", "lcmodel"], default="builtin",
+                    help="the fitter (lcmodel: the config's fitting.lcmodel.executable, else "
+                         "$MRSFLOW_LCMODEL, else lcmodel on PATH)")
     a = ap.parse_args(argv)
     folder = Path(a.folder)
     if not (folder / "datasets_text").is_dir():
@@ -159,14 +188,22 @@ def main(argv=None) -> int:
     fitting = dict(cfg["fitting"])
     if a.baseline:
         fitting["baseline"] = a.baseline
-    print(f"machine: {cpu_model()}; fitting {fitting['ppm_range']} ppm, baseline "
-          f"'{fitting['baseline']}'")
+    exe = None
+    if a.backend == "lcmodel":
+        exe = lcmodel.find_executable((fitting.get("lcmodel") or {}).get("executable"))
+        if exe is None:
+            print("--backend lcmodel: no LCModel executable (fitting.lcmodel.executable, "
+                  "$MRSFLOW_LCMODEL or lcmodel on PATH)")
+            return 2
+    print(f"machine: {cpu_model()}; {a.backend}; fitting {fitting['ppm_range']} ppm, "
+          + (f"LCModel control {(fitting.get('lcmodel') or {}).get('control', {})}"
+             if exe else f"baseline '{fitting['baseline']}'"))
     data, table = datasets(folder), anchors(folder)
     if a.basis in ("own", "both"):
-        conc, sec = fit_all(data, own_basis(cfg), fitting, cfg["qc"])
+        conc, sec = fit_all(data, own_basis(cfg), fitting, cfg["qc"], a.backend, exe)
         report("own (config)", conc, table, sec)
     if a.basis in ("challenge", "both"):
-        conc, sec = fit_all(data, challenge_basis(folder), fitting, cfg["qc"])
+        conc, sec = fit_all(data, challenge_basis(folder), fitting, cfg["qc"], a.backend, exe)
         report("challenge", conc, table, sec)
     return 0
 

@@ -106,6 +106,33 @@ def test_the_challenge_reproduces_lcmodels_own_numbers(tmp_path, capsys):
         assert got[25][mm] == pytest.approx(a.loc[(25, mm), "lcmodel_mM"], rel=0.03), mm
 
 
+
+@needs_lcmodel
+def test_lcmodel_with_the_projects_basis_misses_glu_and_ins_on_the_challenge(capsys):
+    """The workflow's LCModel backend (mrsflow.fit.lcmodel.fit, as bench_ismrm2016.py
+    --backend lcmodel runs it) with the project's own basis and default MM model on the
+    challenge: the singlets land inside the anchors (tNAA, tCr >= 10 of 12; measured 11, 11)
+    but Glu and Ins do not (<= 4 of 12; measured 3 and 2): the paper's own fitter, given the
+    project's basis, does not meet issue 20's "11 of 12 with the own basis" either, and the
+    builtin fitter's Glu/Ins misses there are the MM model's, not the fitter's. If this fails
+    because Glu or Ins now pass, the README's statement is out of date."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import yaml
+    from _ismrm2016 import DEFAULT, anchors, datasets
+    from bench_ismrm2016 import fit_all, own_basis, report
+
+    if not (DEFAULT / "datasets_text").is_dir():
+        pytest.skip(f"{DEFAULT} is absent (not shipped with the project)")
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    conc, sec = fit_all(datasets(DEFAULT), own_basis(cfg), cfg["fitting"], cfg["qc"],
+                        backend="lcmodel", lcmodel_exe=EXE)
+    with capsys.disabled():
+        hits, n_sets, excluded = report("own (LCModel)", conc, anchors(DEFAULT), sec)
+    assert n_sets == 12 and excluded == [25]
+    assert hits["tNAA"] >= 10 and hits["tCr"] >= 10, hits
+    assert hits["Glu"] <= 4 and hits["Ins"] <= 4, hits
+
+
 def _nifti(path, fid):
     nmrs.write(path, np.asarray(fid, complex).reshape(1, 1, 1, -1), DW, F0)
     return path
