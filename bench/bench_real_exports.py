@@ -9,9 +9,12 @@ folder's README), how many fall inside their range or within 10 % of the nearer,
 verdict and fit QC, and where the QC page of each fit is.
 
     python bench/bench_real_exports.py [FOLDER] [--workdir DIR] [--baseline SPEC]
-                                       [--configfile YAML ...]
+                                       [--configfile YAML ...] [--backend builtin|lcmodel]
 
 ``--baseline`` overrides the config's fitting baseline (as in bench_ismrm2016.py);
+``--backend lcmodel`` fits with LCModel (an executable from $MRSFLOW_LCMODEL or PATH, or the
+config's fitting.lcmodel.executable through ``--configfile``): whether a miss is the fitter's
+or the basis's;
 ``--configfile`` adds config files merged over the study's (a variant of the defaults, e.g. a
 fit range or a metabolite list), so that the same comparison measures a proposed default.
 """
@@ -78,6 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", help="override the config's fitting baseline")
     ap.add_argument("--configfile", nargs="+", default=[],
                     help="config files merged over the study's (a variant of the defaults)")
+    ap.add_argument("--backend", choices=["builtin", "lcmodel"],
+                    help="override the config's fitting backend")
     a = ap.parse_args(argv)
     folder = Path(a.folder)
     if not (folder / "README.md").is_file():
@@ -90,6 +95,9 @@ def main(argv=None) -> int:
         if a.baseline:
             overlays.append(work / "baseline.yaml")
             overlays[-1].write_text(yaml.safe_dump({"fitting": {"baseline": a.baseline}}))
+        if a.backend:
+            overlays.append(work / "backend.yaml")
+            overlays[-1].write_text(yaml.safe_dump({"fitting": {"backend": a.backend}}))
         results, seconds = run_study(folder, work, overlays)
         print(f"machine: {cpu_model()}; the workflow on 3 real spectra: {seconds:.0f} s"
               + "".join(f"; config {p.name}" for p in overlays)
