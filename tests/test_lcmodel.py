@@ -106,7 +106,6 @@ def test_the_challenge_reproduces_lcmodels_own_numbers(tmp_path, capsys):
         assert got[25][mm] == pytest.approx(a.loc[(25, mm), "lcmodel_mM"], rel=0.03), mm
 
 
-
 @needs_lcmodel
 def test_lcmodel_with_the_projects_basis_misses_glu_and_ins_on_the_challenge(capsys):
     """The workflow's LCModel backend (mrsflow.fit.lcmodel.fit, as bench_ismrm2016.py
@@ -131,6 +130,37 @@ def test_lcmodel_with_the_projects_basis_misses_glu_and_ins_on_the_challenge(cap
     assert n_sets == 12 and excluded == [25]
     assert hits["tNAA"] >= 10 and hits["tCr"] >= 10, hits
     assert hits["Glu"] <= 4 and hits["Ins"] <= 4, hits
+
+
+@needs_lcmodel
+def test_lcmodel_reads_like_the_builtin_fitter_when_its_lorentzian_prior_is_relaxed():
+    """Why the two fitters differ on the challenge's singlets with the project's basis:
+    LCModel holds each metabolite's extra Lorentzian near 0.8 Hz (DEEXT2 2, DESDT2 0.4 s^-1);
+    relaxed (DESDT2 20) it reads tNAA and tCr as high as the builtin fitter's Voigt does
+    (measured: 0 and 1 of 12 inside, like the builtin; dataset 1 tNAA 21.4 against the
+    builtin's 19.6 mM and the anchors' 12.1-15.7) and the Cr-only test within 2 % of its
+    exact area (10.995 mM) instead of 10 % low (9.71)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import yaml
+    from _ismrm2016 import DEFAULT, datasets
+    from bench_ismrm2016 import CR_TEST_MM, fit_all, own_basis
+
+    if not (DEFAULT / "datasets_text").is_dir():
+        pytest.skip(f"{DEFAULT} is absent (not shipped with the project)")
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    data = {n: v for n, v in datasets(DEFAULT).items() if n in (0, 1)}
+    basis = own_basis(cfg)
+    builtin, _ = fit_all(data, basis, cfg["fitting"], cfg["qc"])
+    default, _ = fit_all(data, basis, cfg["fitting"], cfg["qc"], backend="lcmodel",
+                         lcmodel_exe=EXE)
+    relaxed_fitting = {**cfg["fitting"], "lcmodel": {"control": {"DESDT2": 20.0}}}
+    relaxed, _ = fit_all(data, basis, relaxed_fitting, cfg["qc"], backend="lcmodel",
+                         lcmodel_exe=EXE)
+    assert default[0]["tCr"] == pytest.approx(0.9 * CR_TEST_MM, rel=0.03)
+    assert relaxed[0]["tCr"] == pytest.approx(CR_TEST_MM, rel=0.02)
+    for m in ("tNAA", "tCr"):
+        assert default[1][m] < 0.8 * builtin[1][m], m
+        assert relaxed[1][m] == pytest.approx(builtin[1][m], rel=0.15), m
 
 
 def _nifti(path, fid):
