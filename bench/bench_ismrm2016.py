@@ -79,6 +79,14 @@ def own_basis(cfg: dict, seq: B.Sequence | None = None) -> B.Basis:
                    seq.centre_ppm, seq.te_ms)
 
 
+def fit_default(fid, basis: B.Basis, fitting: dict, dwell_s: float = DWELL_S,
+                f0_mhz: float = F0_MHZ):
+    """The builtin fit of ``fid`` with the config's ``fitting`` block (fit range, baseline),
+    as the workflow fits: a :class:`mrsflow.fit.FitResult`."""
+    return F.fit_spectrum(fid, dwell_s, f0_mhz, basis, ppm_range=tuple(fitting["ppm_range"]),
+                          baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
+
+
 #: LCModel's referencing shift limited to +-0.1 ppm, as for the anchors (_ismrm2016.
 #: LCMODEL_CHALLENGE: else the Cr-only test spectrum is referenced with Cr on Cho)
 LCMODEL_SHIFT_LIMITS = {"SHIFMN(1)": -0.1, "SHIFMX(1)": 0.1, "SHIFMN(2)": -0.1,
@@ -107,9 +115,7 @@ def fit_all(data: dict, basis: B.Basis, fitting: dict, rules: dict | None = None
                                    control_values=control, centre_ppm=CENTRE_PPM)
                 fit_qc = d["extra"].get("fit_qc")
             else:
-                res = F.fit_spectrum(metab, DWELL_S, F0_MHZ, basis,
-                                     ppm_range=tuple(fitting["ppm_range"]),
-                                     baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
+                res = fit_default(metab, basis, fitting)
                 d = res.to_dict()
                 fit_qc = Q.fit_qc(res.ppm, res.data, res.fit, res.baseline_spec, res.noise_sd)
             times.append(time.perf_counter() - t0)

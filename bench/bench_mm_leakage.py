@@ -50,7 +50,7 @@ from _ismrm2016 import (  # noqa: E402  (bench/ is on sys.path)
 )
 from _machine import cpu_model  # noqa: E402
 from _osprey import SEQUENCE  # noqa: E402
-from bench_ismrm2016 import REPORTED, own_basis  # noqa: E402
+from bench_ismrm2016 import REPORTED, fit_default, own_basis  # noqa: E402
 
 from mrsflow import basis as B  # noqa: E402
 from mrsflow import fit as F  # noqa: E402
@@ -68,9 +68,7 @@ def as_fitted(fid, amplitude: float, dwell_s: float, gamma_hz: float, sigma_hz: 
 
 def leak(fid, dwell_s: float, f0_mhz: float, basis: B.Basis, fitting: dict) -> dict:
     """{name: amplitude} (basis entries and combinations) of the default fit of ``fid``."""
-    res = F.fit_spectrum(fid, dwell_s, f0_mhz, basis, ppm_range=tuple(fitting["ppm_range"]),
-                         baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
-    d = res.to_dict()
+    d = fit_default(fid, basis, fitting, dwell_s, f0_mhz).to_dict()
     return {k: e["amplitude"] for k, e in {**d["metabolites"], **d["combined"]}.items()}
 
 
@@ -88,8 +86,7 @@ def challenge(folder: Path, cfg: dict) -> None:
         if not 1 <= n <= 10:
             continue
         w = F.fit_water(water, DWELL_S, F0_MHZ, centre_ppm=CENTRE_PPM)["amplitude"]
-        ref = F.fit_spectrum(metab, DWELL_S, F0_MHZ, ch, ppm_range=tuple(fitting["ppm_range"]),
-                             baseline_order=fitting["baseline"], centre_ppm=CENTRE_PPM)
+        ref = fit_default(metab, ch, fitting)
         g = ref.group_names.index("macromolecules")
         mm = as_fitted(mac, ref.amplitude("MM"), DWELL_S, ref.gamma_hz[g], ref.sigma_hz[g])
         got = leak(mm, DWELL_S, F0_MHZ, own, fitting)

@@ -92,16 +92,14 @@ def main(argv=None) -> int:
         work = Path(a.workdir) if a.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         overlays = [Path(c).resolve() for c in a.configfile]
-        if a.baseline:
-            overlays.append(work / "baseline.yaml")
-            overlays[-1].write_text(yaml.safe_dump({"fitting": {"baseline": a.baseline}}))
-        if a.backend:
-            overlays.append(work / "backend.yaml")
-            overlays[-1].write_text(yaml.safe_dump({"fitting": {"backend": a.backend}}))
+        fitting = {k: v for k, v in (("baseline", a.baseline), ("backend", a.backend)) if v}
+        if fitting:  # the command-line overrides, merged last
+            overlays.append(work / "overrides.yaml")
+            overlays[-1].write_text(yaml.safe_dump({"fitting": fitting}))
         results, seconds = run_study(folder, work, overlays)
         print(f"machine: {cpu_model()}; the workflow on 3 real spectra: {seconds:.0f} s"
               + "".join(f"; config {p.name}" for p in overlays)
-              + (f" (fitting baseline '{a.baseline}')" if a.baseline else ""))
+              + (f" (fitting {fitting})" if fitting else ""))
         report(measured_ratios(results / "tables" / "metabolites.tsv"), anchors(folder))
         pages = sorted(str(p.relative_to(work)) for p in (results / "qc").glob("*spectra.png"))
         print("QC pages (fit, baseline, residual per spectrum): " + ", ".join(pages)

@@ -21,7 +21,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 from _ismrm2016 import DEFAULT, anchors, challenge_basis, datasets  # noqa: E402
-from bench_ismrm2016 import CR_TEST_MM, fit_all, own_basis, report  # noqa: E402
+from bench_ismrm2016 import CR_TEST_MM, fit_all, fit_default, own_basis, report  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (DEFAULT / "datasets_text").is_dir(),
                                 reason=f"{DEFAULT} is absent (not shipped with the project)")
@@ -79,12 +79,10 @@ def test_mm_leak_test_sees_the_default_mm_model_and_not_the_measured_one(data):
     its default MM model (what the own basis's excess over the anchors comes from)."""
     from bench_mm_leakage import as_fitted, leak
 
-    from mrsflow import fit as F
-
     spectra, _ = data
     ch = challenge_basis(DEFAULT)
     metab, _ = spectra[1]
-    ref = F.fit_spectrum(metab, 0.25e-3, 123.2, ch, baseline_order=CONFIG["fitting"]["baseline"])
+    ref = fit_default(metab, ch, CONFIG["fitting"])
     g = ref.group_names.index("macromolecules")
     mm = as_fitted(ch.fids[ch.names.index("MM")], ref.amplitude("MM"), 0.25e-3,
                    ref.gamma_hz[g], ref.sigma_hz[g])

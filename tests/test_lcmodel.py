@@ -106,8 +106,28 @@ def test_the_challenge_reproduces_lcmodels_own_numbers(tmp_path, capsys):
         assert got[25][mm] == pytest.approx(a.loc[(25, mm), "lcmodel_mM"], rel=0.03), mm
 
 
-@needs_lcmodel
-def test_lcmodel_with_the_projects_basis_misses_glu_and_ins_on_the_challenge(capsys):
+@pytest.fixture(scope="module")
+def own_basis_on_challenge():
+    """The challenge spectra, the config and the project's own basis for the challenge's
+    sequence, and the workflow's LCModel backend's fits of them (bench_ismrm2016.py
+    --backend lcmodel): shared by the tests below."""
+    if EXE is None:
+        pytest.skip(f"no LCModel executable (${L.ENV_VAR} or lcmodel on PATH)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import yaml
+    from _ismrm2016 import DEFAULT, datasets
+    from bench_ismrm2016 import fit_all, own_basis
+
+    if not (DEFAULT / "datasets_text").is_dir():
+        pytest.skip(f"{DEFAULT} is absent (not shipped with the project)")
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    data, basis = datasets(DEFAULT), own_basis(cfg)
+    fits = fit_all(data, basis, cfg["fitting"], cfg["qc"], backend="lcmodel", lcmodel_exe=EXE)
+    return data, cfg, basis, fits
+
+
+def test_lcmodel_with_the_projects_basis_misses_glu_and_ins_on_the_challenge(
+        own_basis_on_challenge, capsys):
     """The workflow's LCModel backend (mrsflow.fit.lcmodel.fit, as bench_ismrm2016.py
     --backend lcmodel runs it) with the project's own basis and default MM model on the
     challenge: the singlets land inside the anchors (tNAA, tCr >= 10 of 12; measured 11, 11)
@@ -115,16 +135,10 @@ def test_lcmodel_with_the_projects_basis_misses_glu_and_ins_on_the_challenge(cap
     project's basis, does not meet issue 20's "11 of 12 with the own basis" either, and the
     builtin fitter's Glu/Ins misses there are the MM model's, not the fitter's. If this fails
     because Glu or Ins now pass, the README's statement is out of date."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    import yaml
-    from _ismrm2016 import DEFAULT, anchors, datasets
-    from bench_ismrm2016 import fit_all, own_basis, report
+    from _ismrm2016 import DEFAULT, anchors
+    from bench_ismrm2016 import report
 
-    if not (DEFAULT / "datasets_text").is_dir():
-        pytest.skip(f"{DEFAULT} is absent (not shipped with the project)")
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    conc, sec = fit_all(datasets(DEFAULT), own_basis(cfg), cfg["fitting"], cfg["qc"],
-                        backend="lcmodel", lcmodel_exe=EXE)
+    _, _, _, (conc, sec) = own_basis_on_challenge
     with capsys.disabled():
         hits, n_sets, excluded = report("own (LCModel)", conc, anchors(DEFAULT), sec)
     assert n_sets == 12 and excluded == [25]
@@ -132,27 +146,19 @@ def test_lcmodel_with_the_projects_basis_misses_glu_and_ins_on_the_challenge(cap
     assert hits["Glu"] <= 4 and hits["Ins"] <= 4, hits
 
 
-@needs_lcmodel
-def test_lcmodel_reads_like_the_builtin_fitter_when_its_lorentzian_prior_is_relaxed():
+def test_lcmodel_reads_like_the_builtin_fitter_when_its_lorentzian_prior_is_relaxed(
+        own_basis_on_challenge):
     """Why the two fitters differ on the challenge's singlets with the project's basis:
     LCModel holds each metabolite's extra Lorentzian near 0.8 Hz (DEEXT2 2, DESDT2 0.4 s^-1);
     relaxed (DESDT2 20) it reads tNAA and tCr as high as the builtin fitter's Voigt does
     (measured: 0 and 1 of 12 inside, like the builtin; dataset 1 tNAA 21.4 against the
     builtin's 19.6 mM and the anchors' 12.1-15.7) and the Cr-only test within 2 % of its
     exact area (10.995 mM) instead of 10 % low (9.71)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    import yaml
-    from _ismrm2016 import DEFAULT, datasets
-    from bench_ismrm2016 import CR_TEST_MM, fit_all, own_basis
+    from bench_ismrm2016 import CR_TEST_MM, fit_all
 
-    if not (DEFAULT / "datasets_text").is_dir():
-        pytest.skip(f"{DEFAULT} is absent (not shipped with the project)")
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    data = {n: v for n, v in datasets(DEFAULT).items() if n in (0, 1)}
-    basis = own_basis(cfg)
+    data, cfg, basis, (default, _) = own_basis_on_challenge
+    data = {n: v for n, v in data.items() if n in (0, 1)}
     builtin, _ = fit_all(data, basis, cfg["fitting"], cfg["qc"])
-    default, _ = fit_all(data, basis, cfg["fitting"], cfg["qc"], backend="lcmodel",
-                         lcmodel_exe=EXE)
     relaxed_fitting = {**cfg["fitting"], "lcmodel": {"control": {"DESDT2": 20.0}}}
     relaxed, _ = fit_all(data, basis, relaxed_fitting, cfg["qc"], backend="lcmodel",
                          lcmodel_exe=EXE)
